@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine too: installs and starts Cassandra and ElasticMQ (stopping
+# afterwards only what it started), checks formatting, runs every test against the real services,
+# then validates and builds the SAM template.
+#   FEEDS_SKIP_SAM=1 scripts/test.sh    skip `sam validate --lint` and `sam build`
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+log() { echo "test.sh: $*" >&2; }
+
+started=()
+cleanup() {
+  for service in "${started[@]}"; do
+    bash "scripts/$service.sh" stop || log "could not stop $service"
+  done
+}
+trap cleanup EXIT
+
+for service in cassandra elasticmq; do
+  if bash "scripts/$service.sh" status >/dev/null 2>&1; then
+    log "$service is already running: using it"
+  else
+    bash "scripts/$service.sh" start
+    started+=("$service")
+  fi
+done
+
+export FEEDS_CASSANDRA_NODES=${FEEDS_CASSANDRA_NODES:-127.0.0.1:9042}
+export FEEDS_SQS_ENDPOINT=${FEEDS_SQS_ENDPOINT:-http://127.0.0.1:9324}
+# ElasticMQ takes any credentials; the SDK only needs some.
+export AWS_REGION=${AWS_REGION:-us-east-1} AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local}
+
+log "checking formatting"
+cargo fmt --all -- --check
+log "running the tests"
+cargo test --workspace --locked
+
+if [[ ${FEEDS_SKIP_SAM:-0} != 1 ]]; then
+  log "validating and building the SAM template"
+  bash scripts/sam-check.sh
+fi
+log "all passed"

@@ -1,0 +1,1012 @@
+//! The HTTP contract end to end: the real server binary, over HTTP, once on the embedded default
+//! (SQLite and its in-process queue) and once on Cassandra and ElasticMQ (SQS). Every test uses fresh
+//! user names, so runs never see each other's data.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A server process; it exits when the test process closes its standard input.
+struct Server {
+    base: String,
+    _stdin: Mutex<ChildStdin>,
+    _child: Mutex<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    fn start(name: &str, envs: &[(&str, String)]) -> Server {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("feeds-e2e-{name}-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_feeds-server"));
+        cmd.env("FEEDS_BIND", format!("127.0.0.1:{port}"))
+            .env("FEEDS_EXIT_ON_STDIN_EOF", "1")
+            .env("FEEDS_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start feeds-server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut text = String::new();
+                let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
+                panic!("feeds-server ({name}) exited with {status}:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "feeds-server ({name}) did not listen within 90 s; log: {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stdin = child.stdin.take().unwrap();
+        Server {
+            base: format!("http://127.0.0.1:{port}"),
+            _stdin: Mutex::new(stdin),
+            _child: Mutex::new(child),
+        }
+    }
+}
+
+fn embedded() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let db = std::env::temp_dir().join(format!("feeds-e2e-{}.db", rand::random::<u64>()));
+        Server::start(
+            "embedded",
+            &[("FEEDS_SQLITE_PATH", db.display().to_string())],
+        )
+    })
+}
+
+fn cassandra() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_owned());
+        let sqs = var("FEEDS_SQS_ENDPOINT", "http://127.0.0.1:9324");
+        Server::start(
+            "cassandra",
+            &[
+                ("FEEDS_STORE", "cassandra".into()),
+                (
+                    "FEEDS_CASSANDRA_NODES",
+                    var("FEEDS_CASSANDRA_NODES", "127.0.0.1:9042"),
+                ),
+                ("FEEDS_CASSANDRA_KEYSPACE", "feeds_e2e".into()),
+                ("FEEDS_CASSANDRA_MIGRATE", "true".into()),
+                ("FEEDS_QUEUE", "sqs".into()),
+                ("FEEDS_SQS_ENDPOINT", sqs.clone()),
+                ("FEEDS_QUEUE_URL", format!("{sqs}/000000000000/fanout")),
+                ("AWS_REGION", var("AWS_REGION", "us-east-1")),
+                ("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID", "local")),
+                (
+                    "AWS_SECRET_ACCESS_KEY",
+                    var("AWS_SECRET_ACCESS_KEY", "local"),
+                ),
+            ],
+        )
+    })
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}_{:012x}", rand::random::<u64>() >> 16)
+}
+
+fn token(sub: &str) -> String {
+    let exp = chrono::Utc::now() + chrono::Duration::hours(1);
+    feeds::auth::mint_token(feeds::auth::DEV_PRIVATE_KEY_PEM, sub, &[], exp, None, None).unwrap()
+}
+
+fn admin_token() -> String {
+    let exp = chrono::Utc::now() + chrono::Duration::hours(1);
+    feeds::auth::mint_token(
+        feeds::auth::DEV_PRIVATE_KEY_PEM,
+        "svc_notifier",
+        &["feeds:admin"],
+        exp,
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+/// A client of one server acting as one principal.
+struct Api<'a> {
+    server: &'a Server,
+    http: Client,
+}
+
+struct Answer {
+    status: StatusCode,
+    body: Value,
+}
+
+impl<'a> Api<'a> {
+    fn new(server: &'a Server) -> Self {
+        Api {
+            server,
+            http: Client::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.server.base));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer { status, body }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Answer {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    async fn follow(&self, follower: &str, following: &str) -> Answer {
+        self.send(
+            Method::POST,
+            "/follow",
+            Some(&token(follower)),
+            Some(json!({"follower": follower, "following": following})),
+        )
+        .await
+    }
+
+    async fn post(&self, actor: &str, body: Value) -> Answer {
+        self.send(Method::POST, "/activities", Some(&token(actor)), Some(body))
+            .await
+    }
+
+    /// Every activity of a flat or user feed, walking pages to `next: null`.
+    async fn walk(&self, path: &str, token: &str, limit: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(c) => format!("{path}{sep}limit={limit}&cursor={c}"),
+                None => format!("{path}{sep}limit={limit}"),
+            };
+            let page = self.get(&url, token).await;
+            assert_eq!(page.status, StatusCode::OK, "{url}: {}", page.body);
+            let results = page.body["results"].as_array().unwrap().clone();
+            assert!(results.len() <= limit);
+            out.extend(results);
+            match page.body["next"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return out,
+            }
+        }
+    }
+
+    async fn flat_ids(&self, user: &str) -> Vec<String> {
+        ids(&self.walk("/feeds/flat", &token(user), 100).await)
+    }
+}
+
+fn ids(activities: &[Value]) -> Vec<String> {
+    activities
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Fan-out is asynchronous: waits (bounded) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn walkthrough_follow_post_read_aggregated(server: &Server) {
+    let api = Api::new(server);
+    let (u1, u2) = (unique("usr_01"), unique("usr_02"));
+    let followed = api.follow(&u2, &u1).await;
+    assert_eq!(followed.status, StatusCode::CREATED, "{}", followed.body);
+    assert_eq!(followed.body["follower"], json!(u2));
+    assert_eq!(followed.body["following"], json!(u1));
+    let again = api.follow(&u2, &u1).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        again.body["created_at"], followed.body["created_at"],
+        "an existing edge keeps its created_at"
+    );
+
+    let posted = api
+        .post(&u1, json!({"actor": u1, "verb": "post", "object": "obj_50", "target": "usr_73", "time": "2026-11-29T10:00:00Z", "foreign_id": "post:123", "extra": {"text": "hello"}}))
+        .await;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+    let activity = posted.body.clone();
+    assert_eq!(activity["time"], json!("2026-11-29T10:00:00Z"));
+    assert_eq!(activity["extra"], json!({"text": "hello"}));
+
+    let own = api.get(&format!("/feeds/user/{u1}"), &token(&u2)).await;
+    assert_eq!(
+        own.body["results"][0], activity,
+        "at once in the actor's own feed"
+    );
+
+    let t2 = token(&u2);
+    eventually("the activity reaches usr_02's aggregated feed", || async {
+        let page = api.get("/feeds/aggregated", &t2).await;
+        page.body["results"]
+            .as_array()
+            .is_some_and(|g| !g.is_empty())
+    })
+    .await;
+    let page = api.get("/feeds/aggregated", &t2).await;
+    let group = &page.body["results"][0];
+    assert_eq!(group["group"], json!("post:2026-11-29"));
+    assert_eq!(group["verb"], json!("post"));
+    assert_eq!(group["activity_count"], json!(1));
+    assert_eq!(group["actor_count"], json!(1));
+    assert_eq!(group["actors"], json!([u1]));
+    assert_eq!(group["activities"][0], activity);
+    assert_eq!(group["created_at"], json!("2026-11-29T10:00:00Z"));
+    assert_eq!(group["updated_at"], json!("2026-11-29T10:00:00Z"));
+    assert_eq!(page.body["next"], Value::Null);
+    assert_eq!(
+        api.flat_ids(&u2).await,
+        vec![activity["id"].as_str().unwrap().to_owned()]
+    );
+
+    let followers = api.get(&format!("/users/{u1}/followers"), &t2).await;
+    assert_eq!(followers.body["results"][0]["user"], json!(u2));
+    assert_eq!(
+        followers.body["results"][0]["since"],
+        followed.body["created_at"]
+    );
+    let following = api.get(&format!("/users/{u2}/following"), &t2).await;
+    assert_eq!(following.body["results"][0]["user"], json!(u1));
+}
+
+async fn pagination_walk_returns_each_activity_once_newest_first(server: &Server) {
+    let api = Api::new(server);
+    let reader = unique("reader");
+    let actors: Vec<String> = (0..3).map(|i| unique(&format!("actor{i}"))).collect();
+    for actor in &actors {
+        assert_eq!(api.follow(&reader, actor).await.status, StatusCode::CREATED);
+    }
+    let mut posted = Vec::new();
+    for i in 0..150 {
+        let actor = &actors[i % 3];
+        // Times spread over several days and out of order: ids sort by `time`, not by arrival.
+        let time = format!(
+            "2026-11-{:02}T{:02}:{:02}:00Z",
+            10 + (i * 7) % 5,
+            (i * 13) % 24,
+            i % 60
+        );
+        let a = api
+            .post(
+                actor,
+                json!({"actor": actor, "object": format!("obj_{i}"), "time": time}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        posted.push(a.body);
+    }
+    let t = token(&reader);
+    eventually("all 150 activities reach the reader's timeline", || async {
+        api.walk("/feeds/flat", &t, 100).await.len() == 150
+    })
+    .await;
+    let walked = api.walk("/feeds/flat", &t, 7).await;
+    let walked_ids = ids(&walked);
+    let mut expected = posted.clone();
+    expected.sort_by(|a, b| {
+        let key = |v: &Value| {
+            (
+                chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap(),
+                v["id"].as_str().unwrap().to_owned(),
+            )
+        };
+        key(b).cmp(&key(a))
+    });
+    assert_eq!(
+        walked_ids,
+        ids(&expected),
+        "each activity exactly once, newest first"
+    );
+    let user_feed = api.walk(&format!("/feeds/user/{}", actors[0]), &t, 7).await;
+    assert_eq!(user_feed.len(), 50);
+    let groups = {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let url = match &cursor {
+                Some(c) => format!("/feeds/aggregated?limit=2&cursor={c}"),
+                None => "/feeds/aggregated?limit=2".to_owned(),
+            };
+            let page = api.get(&url, &t).await;
+            assert_eq!(page.status, StatusCode::OK);
+            all.extend(page.body["results"].as_array().unwrap().clone());
+            match page.body["next"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break all,
+            }
+        }
+    };
+    let names: Vec<&str> = groups
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "post:2026-11-14",
+            "post:2026-11-13",
+            "post:2026-11-12",
+            "post:2026-11-11",
+            "post:2026-11-10"
+        ]
+    );
+    let counted: u64 = groups
+        .iter()
+        .map(|g| g["activity_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 150, "every activity in exactly one group");
+    assert!(groups
+        .iter()
+        .all(|g| g["activities"].as_array().unwrap().len() == 15 && g["actor_count"] == json!(3)));
+}
+
+async fn follow_backfills_and_unfollow_purges(server: &Server) {
+    let api = Api::new(server);
+    let (star, fan, other) = (unique("star"), unique("fan"), unique("other"));
+    for i in 0..3 {
+        assert_eq!(
+            api.post(&star, json!({"actor": star, "object": format!("o{i}")}))
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(api.follow(&fan, &other).await.status, StatusCode::CREATED);
+    let kept = api
+        .post(&other, json!({"actor": other, "object": "kept"}))
+        .await
+        .body;
+    assert_eq!(api.follow(&fan, &star).await.status, StatusCode::CREATED);
+    eventually("the star's earlier activities are backfilled", || async {
+        api.flat_ids(&fan).await.len() == 4
+    })
+    .await;
+
+    let gone = api
+        .send(
+            Method::DELETE,
+            &format!("/follow/{fan}/{star}"),
+            Some(&token(&fan)),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+    let kept_id = kept["id"].as_str().unwrap().to_owned();
+    eventually("no activity of the unfollowed user remains", || async {
+        api.flat_ids(&fan).await == vec![kept_id.clone()]
+    })
+    .await;
+    let again = api
+        .send(
+            Method::DELETE,
+            &format!("/follow/{fan}/{star}"),
+            Some(&token(&fan)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::NO_CONTENT,
+        "unfollowing twice is fine"
+    );
+    let following = api
+        .get(&format!("/users/{fan}/following"), &token(&fan))
+        .await;
+    assert_eq!(following.body["results"].as_array().unwrap().len(), 1);
+}
+
+async fn delete_removes_activity_from_followers_feeds(server: &Server) {
+    let api = Api::new(server);
+    let (actor, f1, f2) = (unique("actor"), unique("f1"), unique("f2"));
+    api.follow(&f1, &actor).await;
+    api.follow(&f2, &actor).await;
+    let a = api
+        .post(
+            &actor,
+            json!({"actor": actor, "object": "doomed", "foreign_id": "x:1"}),
+        )
+        .await
+        .body;
+    let b = api
+        .post(&actor, json!({"actor": actor, "object": "stays"}))
+        .await
+        .body;
+    let (a_id, b_id) = (
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    );
+    eventually("both activities are delivered", || async {
+        api.flat_ids(&f1).await.len() == 2 && api.flat_ids(&f2).await.len() == 2
+    })
+    .await;
+
+    let other = api
+        .send(
+            Method::DELETE,
+            &format!("/activities/{a_id}"),
+            Some(&token(&f1)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        other.status,
+        StatusCode::FORBIDDEN,
+        "deleting another actor's activity"
+    );
+    let deleted = api
+        .send(
+            Method::DELETE,
+            &format!("/activities/{a_id}"),
+            Some(&token(&actor)),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    eventually("the deleted activity is in no feed", || async {
+        api.flat_ids(&f1).await == vec![b_id.clone()]
+            && api.flat_ids(&f2).await == vec![b_id.clone()]
+    })
+    .await;
+    assert_eq!(
+        ids(&api
+            .walk(&format!("/feeds/user/{actor}"), &token(&actor), 10)
+            .await),
+        vec![b_id.clone()]
+    );
+    let missing = api
+        .send(
+            Method::DELETE,
+            &format!("/activities/{a_id}"),
+            Some(&token(&actor)),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body["error"]["code"], json!("not_found"));
+    let reused = api
+        .post(
+            &actor,
+            json!({"actor": actor, "object": "again", "foreign_id": "x:1"}),
+        )
+        .await;
+    assert_eq!(
+        reused.status,
+        StatusCode::CREATED,
+        "a deleted activity's foreign_id may be used again"
+    );
+}
+
+async fn repost_with_same_foreign_id_is_idempotent(server: &Server) {
+    let api = Api::new(server);
+    let (actor, fan) = (unique("actor"), unique("fan"));
+    api.follow(&fan, &actor).await;
+    let first = api
+        .post(
+            &actor,
+            json!({"actor": actor, "object": "o1", "foreign_id": "post:1"}),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let retry = api
+        .post(
+            &actor,
+            json!({"actor": actor, "object": "different", "verb": "like", "foreign_id": "post:1"}),
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(retry.body, first.body, "answers the activity first stored");
+    let admin_retry = api
+        .send(
+            Method::POST,
+            "/activities",
+            Some(&admin_token()),
+            Some(json!({"actor": actor, "object": "o1", "foreign_id": "post:1"})),
+        )
+        .await;
+    assert_eq!(
+        admin_retry.status,
+        StatusCode::OK,
+        "a feeds:admin service may post for the actor"
+    );
+    eventually("the activity is delivered", || async {
+        api.flat_ids(&fan).await.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.flat_ids(&fan).await.len(), 1, "delivered once");
+    assert_eq!(
+        api.walk(&format!("/feeds/user/{actor}"), &token(&actor), 10)
+            .await
+            .len(),
+        1,
+        "stored once"
+    );
+}
+
+/// Everything a bad request could have changed, read back.
+async fn snapshot(api: &Api<'_>, users: &[&str]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for u in users {
+        let t = token(u);
+        for path in [
+            "/feeds/flat".to_owned(),
+            format!("/feeds/user/{u}"),
+            format!("/users/{u}/followers"),
+            format!("/users/{u}/following"),
+        ] {
+            out.push(api.get(&format!("{path}?limit=100"), &t).await.body);
+        }
+    }
+    out
+}
+
+async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
+    let api = Api::new(server);
+    let (me, you) = (unique("me"), unique("you"));
+    api.follow(&you, &me).await;
+    let existing = api
+        .post(&me, json!({"actor": me, "object": "o"}))
+        .await
+        .body;
+    let existing_id = existing["id"].as_str().unwrap().to_owned();
+    eventually("the setup is delivered", || async {
+        api.flat_ids(&you).await.len() == 1
+    })
+    .await;
+    let before = snapshot(&api, &[&me, &you]).await;
+    let mine = token(&me);
+
+    let expired = feeds::auth::mint_token(
+        feeds::auth::DEV_PRIVATE_KEY_PEM,
+        &me,
+        &[],
+        chrono::Utc::now() - chrono::Duration::hours(1),
+        None,
+        None,
+    )
+    .unwrap();
+    let post_body = json!({"actor": me, "object": "o2"});
+    let cases: Vec<(
+        StatusCode,
+        Method,
+        String,
+        Option<String>,
+        Option<String>,
+        &str,
+    )> = vec![
+        // 401: no token, a bad token, an expired token, on every kind of route.
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::POST,
+            "/activities".into(),
+            None,
+            Some(post_body.to_string()),
+            "no token",
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::POST,
+            "/activities".into(),
+            Some("not.a.jwt".into()),
+            Some(post_body.to_string()),
+            "malformed token",
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::POST,
+            "/activities".into(),
+            Some(expired.clone()),
+            Some(post_body.to_string()),
+            "expired token",
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::POST,
+            "/follow".into(),
+            None,
+            Some(json!({"follower": me, "following": "x"}).to_string()),
+            "follow without token",
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::DELETE,
+            format!("/follow/{you}/{me}"),
+            None,
+            None,
+            "unfollow without token",
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::DELETE,
+            format!("/activities/{existing_id}"),
+            Some(expired.clone()),
+            None,
+            "delete with expired token",
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::GET,
+            "/feeds/flat".into(),
+            None,
+            None,
+            "feed without token",
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::GET,
+            format!("/users/{me}/followers"),
+            None,
+            None,
+            "list without token",
+        ),
+        // 401 comes before 400 and 413.
+        (
+            StatusCode::UNAUTHORIZED,
+            Method::POST,
+            "/activities".into(),
+            None,
+            Some("{not json".into()),
+            "bad body without token",
+        ),
+        // 400: bodies and parameters.
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some("{not json".into()),
+            "invalid JSON",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me}).to_string()),
+            "missing object",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "color": 1}).to_string()),
+            "unknown field",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": 7}).to_string()),
+            "wrong type",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "verb": "Shout!"}).to_string()),
+            "bad verb",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "time": "yesterday"}).to_string()),
+            "bad time",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o o"}).to_string()),
+            "bad object id",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "extra": {"k": "x".repeat(9000)}}).to_string()),
+            "extra over 8 KiB",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "extra": "text"}).to_string()),
+            "extra not an object",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/follow".into(),
+            Some(mine.clone()),
+            Some(json!({"follower": me, "following": me}).to_string()),
+            "follow oneself",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/follow".into(),
+            Some(mine.clone()),
+            Some(json!({"follower": me}).to_string()),
+            "follow without following",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/follow".into(),
+            Some(mine.clone()),
+            Some(json!({"follower": me, "following": "a/b"}).to_string()),
+            "follow a bad id",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::GET,
+            "/feeds/flat?limit=0".into(),
+            Some(mine.clone()),
+            None,
+            "limit 0",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::GET,
+            "/feeds/flat?limit=101".into(),
+            Some(mine.clone()),
+            None,
+            "limit 101",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::GET,
+            "/feeds/flat?limit=ten".into(),
+            Some(mine.clone()),
+            None,
+            "limit not a number",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::GET,
+            "/feeds/flat?cursor=garbage".into(),
+            Some(mine.clone()),
+            None,
+            "cursor does not parse",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::GET,
+            "/feeds/aggregated?cursor=abc.def".into(),
+            Some(mine.clone()),
+            None,
+            "aggregated cursor altered",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::GET,
+            format!("/users/{me}/followers?cursor=x"),
+            Some(mine.clone()),
+            None,
+            "list cursor",
+        ),
+        // 413 and 415.
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(
+                json!({"actor": me, "object": "o", "extra": {"k": "x".repeat(70_000)}}).to_string(),
+            ),
+            "body over 64 KiB",
+        ),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Method::POST,
+            "/follow".into(),
+            Some(mine.clone()),
+            Some(" ".repeat(65 * 1024)),
+            "follow body over 64 KiB",
+        ),
+        // 403: acting for someone else.
+        (
+            StatusCode::FORBIDDEN,
+            Method::POST,
+            "/activities".into(),
+            Some(token(&you)),
+            Some(post_body.to_string()),
+            "post as someone else",
+        ),
+        (
+            StatusCode::FORBIDDEN,
+            Method::POST,
+            "/follow".into(),
+            Some(mine.clone()),
+            Some(json!({"follower": you, "following": "zzz"}).to_string()),
+            "follow for someone else",
+        ),
+        (
+            StatusCode::FORBIDDEN,
+            Method::DELETE,
+            format!("/follow/{you}/{me}"),
+            Some(mine.clone()),
+            None,
+            "unfollow for someone else",
+        ),
+        (
+            StatusCode::FORBIDDEN,
+            Method::DELETE,
+            format!("/activities/{existing_id}"),
+            Some(token(&you)),
+            None,
+            "delete someone else's activity",
+        ),
+        // 404 and 405.
+        (
+            StatusCode::NOT_FOUND,
+            Method::GET,
+            "/nowhere".into(),
+            Some(mine.clone()),
+            None,
+            "unknown path",
+        ),
+        (
+            StatusCode::NOT_FOUND,
+            Method::DELETE,
+            "/activities/00000000000000000000000000000000".into(),
+            Some(mine.clone()),
+            None,
+            "unknown activity",
+        ),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Method::GET,
+            "/follow".into(),
+            Some(mine.clone()),
+            None,
+            "GET /follow",
+        ),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Method::PUT,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(post_body.to_string()),
+            "PUT /activities",
+        ),
+    ];
+    for (expected, method, path, tok, body, name) in cases {
+        let mut req = api
+            .http
+            .request(method.clone(), format!("{}{path}", server.base));
+        if let Some(t) = &tok {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, expected, "{name}: {method} {path} answered {body}");
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{name}: error body {body}"
+        );
+    }
+    let wrong_type = api
+        .http
+        .post(format!("{}/activities", server.base))
+        .header("authorization", format!("Bearer {mine}"))
+        .header("content-type", "text/plain")
+        .body(post_body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let foreign_cursor = api.get("/feeds/flat?limit=1", &token(&you)).await;
+    if let Some(c) = foreign_cursor.body["next"].as_str() {
+        assert_eq!(
+            api.get(&format!("/feeds/flat?cursor={c}"), &mine)
+                .await
+                .status,
+            StatusCode::BAD_REQUEST,
+            "another list's cursor"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        snapshot(&api, &[&me, &you]).await,
+        before,
+        "no bad request changed anything"
+    );
+}
+
+async fn health_answers_without_a_token(server: &Server) {
+    let api = Api::new(server);
+    let health = api.send(Method::GET, "/health", None, None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.body, json!({"status": "ok"}));
+}
+
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded_default {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::embedded()).await }
+            )*
+        }
+        mod cassandra_and_sqs {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::cassandra()).await }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    health_answers_without_a_token,
+    walkthrough_follow_post_read_aggregated,
+    pagination_walk_returns_each_activity_once_newest_first,
+    follow_backfills_and_unfollow_purges,
+    delete_removes_activity_from_followers_feeds,
+    repost_with_same_foreign_id_is_idempotent,
+    bad_requests_are_refused_and_change_nothing,
+);

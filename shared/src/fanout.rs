@@ -1,0 +1,319 @@
+//! Fan-out on write: copies activities into followers' timelines, backfills on follow, purges on
+//! unfollow and removes deleted activities. Each message handles one bounded chunk and enqueues the
+//! rest, and every write is idempotent, so a redelivered message changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::queue::embedded::EmbeddedQueue;
+use crate::queue::sqs::SqsQueue;
+use crate::queue::{Queue, QueueError, QueueMessage};
+use crate::store::{IdRange, Store, StoreError, TimelineEntry};
+
+/// One message on the fan-out queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FanoutJob {
+    /// Copy activity `activity_id` of `actor` into the timelines of `actor`'s followers after `after`.
+    Deliver {
+        activity_id: String,
+        actor: String,
+        after: Option<String>,
+    },
+    /// Remove activity `activity_id` of `actor` from the timelines of `actor`'s followers after `after`.
+    Retract {
+        activity_id: String,
+        actor: String,
+        after: Option<String>,
+    },
+    /// Copy `followee`'s most recent activities into `follower`'s timeline.
+    Backfill { follower: String, followee: String },
+    /// Remove `followee`'s activities older than `before` from `follower`'s timeline.
+    Purge {
+        follower: String,
+        followee: String,
+        before: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error("the message is not a fan-out job: {0}")]
+    Unparsable(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutSettings {
+    /// Followers (or activities, for a purge) handled per message.
+    pub chunk_size: usize,
+    /// Activities copied into a new follower's timeline.
+    pub backfill_limit: usize,
+}
+
+impl Default for FanoutSettings {
+    fn default() -> Self {
+        FanoutSettings {
+            chunk_size: 500,
+            backfill_limit: 100,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Fanout {
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    settings: FanoutSettings,
+}
+
+impl Fanout {
+    pub fn new(store: Arc<dyn Store>, queue: Arc<dyn Queue>, settings: FanoutSettings) -> Self {
+        Fanout {
+            store,
+            queue,
+            settings,
+        }
+    }
+
+    /// Runs one job: writes its chunk, and enqueues the next chunk first so that chunks of a large
+    /// follower list proceed in parallel.
+    pub async fn run(&self, job: &FanoutJob) -> Result<(), FanoutError> {
+        let chunk = self.settings.chunk_size;
+        match job {
+            FanoutJob::Deliver {
+                activity_id,
+                actor,
+                after,
+            }
+            | FanoutJob::Retract {
+                activity_id,
+                actor,
+                after,
+            } => {
+                let deliver = matches!(job, FanoutJob::Deliver { .. });
+                let activity = if deliver {
+                    match self.store.get_activity(activity_id).await? {
+                        Some(a) => Some(a),
+                        // Deleted before its fan-out ran: nothing to deliver.
+                        None => return Ok(()),
+                    }
+                } else {
+                    None
+                };
+                let followers = self.store.followers(actor, after.as_deref(), chunk).await?;
+                if followers.len() == chunk {
+                    let next = followers.last().map(|r| r.user.clone());
+                    let job = match job {
+                        FanoutJob::Deliver { .. } => FanoutJob::Deliver {
+                            activity_id: activity_id.clone(),
+                            actor: actor.clone(),
+                            after: next,
+                        },
+                        _ => FanoutJob::Retract {
+                            activity_id: activity_id.clone(),
+                            actor: actor.clone(),
+                            after: next,
+                        },
+                    };
+                    self.queue.send(&[job]).await?;
+                }
+                match activity {
+                    Some(activity) => {
+                        let entries: Vec<TimelineEntry> = followers
+                            .into_iter()
+                            .map(|r| TimelineEntry {
+                                owner: r.user,
+                                activity: activity.clone(),
+                            })
+                            .collect();
+                        self.store.insert_timeline(&entries).await?;
+                    }
+                    None => {
+                        let rows: Vec<(String, String)> = followers
+                            .into_iter()
+                            .map(|r| (r.user, activity_id.clone()))
+                            .collect();
+                        self.store.delete_timeline(&rows).await?;
+                    }
+                }
+            }
+            FanoutJob::Backfill { follower, followee } => {
+                // An unfollow that overtook this job wins: the final feed agrees with the final edge.
+                if !self.store.is_following(follower, followee).await? {
+                    return Ok(());
+                }
+                let recent = self
+                    .store
+                    .user_feed(followee, IdRange::default(), self.settings.backfill_limit)
+                    .await?;
+                let entries: Vec<TimelineEntry> = recent
+                    .into_iter()
+                    .map(|a| TimelineEntry {
+                        owner: follower.clone(),
+                        activity: a,
+                    })
+                    .collect();
+                self.store.insert_timeline(&entries).await?;
+            }
+            FanoutJob::Purge {
+                follower,
+                followee,
+                before,
+            } => {
+                if self.store.is_following(follower, followee).await? {
+                    return Ok(());
+                }
+                let range = IdRange {
+                    before: before.as_deref(),
+                    not_before: None,
+                };
+                let page = self.store.user_feed(followee, range, chunk).await?;
+                if page.len() == chunk {
+                    let next = page.last().map(|a| a.id.clone());
+                    self.queue
+                        .send(&[FanoutJob::Purge {
+                            follower: follower.clone(),
+                            followee: followee.clone(),
+                            before: next,
+                        }])
+                        .await?;
+                }
+                let rows: Vec<(String, String)> =
+                    page.into_iter().map(|a| (follower.clone(), a.id)).collect();
+                self.store.delete_timeline(&rows).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one raw message.
+    pub async fn run_message(&self, body: &str) -> Result<(), FanoutError> {
+        let job: FanoutJob =
+            serde_json::from_str(body).map_err(|e| FanoutError::Unparsable(e.to_string()))?;
+        self.run(&job).await
+    }
+
+    /// Runs a batch concurrently, each message in its own span; answers the ids of the messages that
+    /// failed, so that only they are redelivered.
+    pub async fn run_batch(&self, messages: &[QueueMessage]) -> Vec<String> {
+        // Boxed so the stream's futures are `Send` for any lifetime (spawned workers need it).
+        let jobs: Vec<BoxFuture<'_, Option<String>>> = messages
+            .iter()
+            .map(|m| {
+                let span = tracing::info_span!("fanout_message", message_id = %m.id);
+                async move {
+                    match self.run_message(&m.body).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            tracing::error!(message_id = %m.id, error = %e, "fan-out message failed");
+                            Some(m.id.clone())
+                        }
+                    }
+                }
+                .instrument(span)
+                .boxed()
+            })
+            .collect();
+        let results: Vec<Option<String>> = stream::iter(jobs).buffer_unordered(16).collect().await;
+        results.into_iter().flatten().collect()
+    }
+
+    /// The Lambda handler's body: an SQS event in, the failed message ids out.
+    pub async fn handle_sqs_event(&self, event: SqsEvent) -> SqsBatchResponse {
+        let messages: Vec<QueueMessage> = event
+            .records
+            .into_iter()
+            .map(|r| QueueMessage {
+                id: r.message_id.unwrap_or_default(),
+                body: r.body.unwrap_or_default(),
+            })
+            .collect();
+        let failed = self.run_batch(&messages).await;
+        tracing::info!(
+            received = messages.len(),
+            failed = failed.len(),
+            "fan-out batch done"
+        );
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failed
+            .into_iter()
+            .map(|id| {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                failure
+            })
+            .collect();
+        response
+    }
+
+    /// Works the embedded queue in-process until `shutdown` resolves.
+    pub async fn work_embedded(
+        &self,
+        queue: EmbeddedQueue,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let messages = match queue.receive(10).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the embedded queue");
+                    Vec::new()
+                }
+            };
+            if messages.is_empty() {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = queue.wait(Duration::from_millis(500)) => continue,
+                }
+            }
+            let failed = self.run_batch(&messages).await;
+            let done: Vec<String> = messages
+                .iter()
+                .map(|m| m.id.clone())
+                .filter(|id| !failed.contains(id))
+                .collect();
+            if let Err(e) = queue.delete(&done).await {
+                tracing::error!(error = %e, "cannot delete handled messages; they will be redelivered");
+            }
+        }
+    }
+
+    /// Polls SQS in-process (the standalone server on the production-like stack) until `shutdown`.
+    pub async fn work_sqs(&self, queue: SqsQueue, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let received = tokio::select! {
+                _ = &mut shutdown => return,
+                r = queue.receive(1) => r,
+            };
+            let received = match received {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot receive from SQS; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let messages: Vec<QueueMessage> = received.iter().map(|(m, _)| m.clone()).collect();
+            let failed = self.run_batch(&messages).await;
+            for (m, receipt) in &received {
+                if !failed.contains(&m.id) {
+                    if let Err(e) = queue.delete(receipt).await {
+                        tracing::error!(message_id = %m.id, error = %e, "cannot delete a handled message");
+                    }
+                }
+            }
+        }
+    }
+}

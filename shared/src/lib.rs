@@ -1,0 +1,14 @@
+//! Activity feeds: the model, authentication, the stores and the queue, fan-out on write, and the
+//! HTTP API shared by the Lambda functions and the standalone server.
+
+pub mod aggregate;
+pub mod auth;
+pub mod config;
+pub mod cursor;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod lambda;
+pub mod model;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,263 @@
+//! The feed's domain types and the validation rules of the HTTP contract.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::ApiError;
+
+/// Largest compact JSON accepted in `extra`.
+pub const MAX_EXTRA_BYTES: usize = 8 * 1024;
+
+/// An activity as stored and served: `{"id", "actor", "verb", "object", "target", "time", "foreign_id", "extra"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activity {
+    pub id: String,
+    pub actor: String,
+    pub verb: String,
+    pub object: String,
+    pub target: Option<String>,
+    #[serde(serialize_with = "serialize_time")]
+    pub time: DateTime<Utc>,
+    pub foreign_id: Option<String>,
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The body of `POST /activities`. Unknown fields are an error: custom data goes in `extra`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewActivity {
+    pub actor: String,
+    pub verb: Option<String>,
+    pub object: String,
+    pub target: Option<String>,
+    pub time: Option<String>,
+    pub foreign_id: Option<String>,
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl NewActivity {
+    /// Checks every field and builds the activity to store, with a fresh id sorted by its `time`.
+    pub fn into_activity(self, now: DateTime<Utc>) -> Result<Activity, ApiError> {
+        check_user_id("actor", &self.actor)?;
+        check_user_id("object", &self.object)?;
+        if let Some(target) = &self.target {
+            check_user_id("target", target)?;
+        }
+        let verb = self.verb.unwrap_or_else(|| "post".to_owned());
+        check_verb(&verb)?;
+        if let Some(foreign_id) = &self.foreign_id {
+            check_user_id("foreign_id", foreign_id)?;
+        }
+        let time = match &self.time {
+            Some(text) => parse_time(text)?,
+            None => truncate_to_micros(now),
+        };
+        if let Some(extra) = &self.extra {
+            let size = serde_json::to_vec(extra)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_EXTRA_BYTES {
+                return Err(ApiError::bad_request(
+                    "extra_too_large",
+                    format!("`extra` is {size} bytes of compact JSON; at most {MAX_EXTRA_BYTES} are accepted"),
+                ));
+            }
+        }
+        Ok(Activity {
+            id: ActivityId::new(time).0,
+            actor: self.actor,
+            verb,
+            object: self.object,
+            target: self.target,
+            time,
+            foreign_id: self.foreign_id,
+            extra: self.extra,
+        })
+    }
+}
+
+/// The body of `POST /follow`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowRequest {
+    pub follower: String,
+    pub following: String,
+}
+
+/// A follow edge: `follower` receives the activities of `following`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowEdge {
+    pub follower: String,
+    pub following: String,
+    #[serde(serialize_with = "serialize_time")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// One entry of a followers or following list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Relation {
+    pub user: String,
+    #[serde(serialize_with = "serialize_time")]
+    pub since: DateTime<Utc>,
+}
+
+/// Activity ids: 16 hex digits of microseconds since the epoch of the activity's `time`, then 16
+/// random hex digits. They sort as their activities' times do, and two actors never collide.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ActivityId(pub String);
+
+impl ActivityId {
+    pub fn new(time: DateTime<Utc>) -> Self {
+        let random: u64 = rand::rng().random();
+        ActivityId(format!("{:016x}{random:016x}", micros(time)))
+    }
+
+    /// The smallest id any activity at or after `time` can have: the lower bound of a time range.
+    pub fn floor(time: DateTime<Utc>) -> String {
+        format!("{:016x}{:016x}", micros(time), 0)
+    }
+
+    pub fn is_valid(id: &str) -> bool {
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+}
+
+fn micros(time: DateTime<Utc>) -> u64 {
+    // Times before 1970 are refused by `parse_time`, so this never clamps a real activity.
+    time.timestamp_micros().max(0) as u64
+}
+
+/// The UTC day an activity belongs to, for aggregation.
+pub fn day_of(time: DateTime<Utc>) -> NaiveDate {
+    time.date_naive()
+}
+
+/// Midnight UTC at the start of `day`.
+pub fn start_of_day(day: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight exists"))
+}
+
+pub fn serialize_time<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*time))
+}
+
+pub fn format_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Parses an RFC 3339 time (any offset), keeping microsecond precision, as the stores do.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, ApiError> {
+    let parsed = DateTime::parse_from_rfc3339(text).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_time",
+            format!("`time` is not an RFC 3339 time: {e}"),
+        )
+    })?;
+    let utc = parsed.with_timezone(&Utc);
+    if utc.timestamp() < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_time",
+            "`time` before 1970 is not accepted",
+        ));
+    }
+    Ok(truncate_to_micros(utc))
+}
+
+pub fn truncate_to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
+}
+
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn is_id_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@')
+}
+
+pub fn is_valid_user_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(is_id_char)
+}
+
+/// User, object and foreign ids: 1 to 128 characters of `A-Z a-z 0-9 _ - . : @`.
+pub fn check_user_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if is_valid_user_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_id",
+            format!("`{field}` must be 1 to 128 characters of A-Z a-z 0-9 _ - . : @"),
+        ))
+    }
+}
+
+/// Verbs: 1 to 64 characters of `a-z 0-9 _ -`.
+pub fn check_verb(verb: &str) -> Result<(), ApiError> {
+    let ok = (1..=64).contains(&verb.len())
+        && verb
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_verb",
+            "`verb` must be 1 to 64 characters of a-z 0-9 _ -",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(json: &str) -> Result<Activity, ApiError> {
+        let body: NewActivity = serde_json::from_str(json)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        body.into_activity(Utc::now())
+    }
+
+    #[test]
+    fn ids_sort_by_time_even_across_actors() {
+        let early = parse_time("2026-11-29T10:00:00Z").unwrap();
+        let late = parse_time("2026-11-29T10:00:00.000001Z").unwrap();
+        for _ in 0..100 {
+            assert!(ActivityId::new(early) < ActivityId::new(late));
+        }
+        assert!(ActivityId::floor(late) <= ActivityId::new(late).0);
+        assert!(ActivityId::is_valid(&ActivityId::new(late).0));
+    }
+
+    #[test]
+    fn time_keeps_microseconds_and_normalises_offsets() {
+        let t = parse_time("2026-11-29T11:00:00.1234567+01:00").unwrap();
+        assert_eq!(format_time(t), "2026-11-29T10:00:00.123456Z");
+        assert!(parse_time("1969-12-31T23:59:59Z").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn new_activity_defaults_verb_and_rejects_bad_fields() {
+        let a = new(r#"{"actor":"usr_01","object":"obj_1"}"#).unwrap();
+        assert_eq!(a.verb, "post");
+        assert!(new(r#"{"actor":"usr 01","object":"o"}"#).is_err());
+        assert!(new(r#"{"actor":"u","object":"o","verb":"Post"}"#).is_err());
+        assert!(new(r#"{"actor":"u","object":"o","colour":"red"}"#).is_err());
+        assert!(new(r#"{"actor":"u","object":5}"#).is_err());
+        assert!(new(r#"{"actor":"u","object":"o","extra":[1]}"#).is_err());
+        let big = format!(
+            r#"{{"actor":"u","object":"o","extra":{{"k":"{}"}}}}"#,
+            "x".repeat(MAX_EXTRA_BYTES)
+        );
+        assert_eq!(new(&big).unwrap_err().code, "extra_too_large");
+        assert!(new(&format!(
+            r#"{{"actor":"{}","object":"o"}}"#,
+            "a".repeat(129)
+        ))
+        .is_err());
+    }
+}

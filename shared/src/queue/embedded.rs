@@ -1,0 +1,154 @@
+//! A durable queue in the embedded SQLite file, with SQS's semantics where they matter: a received
+//! message is invisible for a while, redelivered if not deleted, and moved to a dead-letter table
+//! after `max_receives`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::params;
+use tokio::sync::Notify;
+
+use super::{encode, Queue, QueueError, QueueMessage};
+use crate::fanout::FanoutJob;
+use crate::store::sqlite::SqliteDb;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS fanout_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL,
+    visible_at_ms INTEGER NOT NULL, receives INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS fanout_queue_visible ON fanout_queue (visible_at_ms);
+CREATE TABLE IF NOT EXISTS fanout_dead_letters (
+    id INTEGER PRIMARY KEY, body TEXT NOT NULL, receives INTEGER NOT NULL, dead_at_ms INTEGER NOT NULL);
+";
+
+#[derive(Clone)]
+pub struct EmbeddedQueue {
+    db: SqliteDb,
+    notify: Arc<Notify>,
+    visibility: Duration,
+    max_receives: u32,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn queue_error(e: crate::store::StoreError) -> QueueError {
+    QueueError(format!("embedded queue: {e}"))
+}
+
+impl EmbeddedQueue {
+    pub async fn new(
+        db: SqliteDb,
+        visibility: Duration,
+        max_receives: u32,
+    ) -> Result<Self, QueueError> {
+        db.run(|c| c.execute_batch(SCHEMA))
+            .await
+            .map_err(queue_error)?;
+        Ok(EmbeddedQueue {
+            db,
+            notify: Arc::new(Notify::new()),
+            visibility,
+            max_receives,
+        })
+    }
+
+    /// Waits until a message may be visible (or `max_wait` passes).
+    pub async fn wait(&self, max_wait: Duration) {
+        let _ = tokio::time::timeout(max_wait, self.notify.notified()).await;
+    }
+
+    /// Takes up to `max` visible messages, hiding them for the visibility timeout. Messages received
+    /// `max_receives` times already move to the dead-letter table instead.
+    pub async fn receive(&self, max: usize) -> Result<Vec<QueueMessage>, QueueError> {
+        let (visibility_ms, max_receives) =
+            (self.visibility.as_millis() as i64, self.max_receives as i64);
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                let now = now_ms();
+                tx.execute(
+                    "INSERT INTO fanout_dead_letters (id, body, receives, dead_at_ms)
+                     SELECT id, body, receives, ?1 FROM fanout_queue WHERE visible_at_ms <= ?1 AND receives >= ?2",
+                    params![now, max_receives],
+                )?;
+                tx.execute("DELETE FROM fanout_queue WHERE visible_at_ms <= ?1 AND receives >= ?2", params![now, max_receives])?;
+                let messages = {
+                    let mut stmt = tx.prepare_cached(
+                        "UPDATE fanout_queue SET visible_at_ms = ?1, receives = receives + 1
+                         WHERE id IN (SELECT id FROM fanout_queue WHERE visible_at_ms <= ?2 ORDER BY id LIMIT ?3)
+                         RETURNING id, body",
+                    )?;
+                    let rows = stmt.query_map(params![now + visibility_ms, now, max as i64], |r| {
+                        Ok(QueueMessage { id: r.get::<_, i64>(0)?.to_string(), body: r.get(1)? })
+                    })?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()?
+                };
+                tx.commit()?;
+                Ok(messages)
+            })
+            .await
+            .map_err(queue_error)
+    }
+
+    pub async fn delete(&self, ids: &[String]) -> Result<(), QueueError> {
+        let ids: Vec<i64> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                for id in &ids {
+                    tx.execute("DELETE FROM fanout_queue WHERE id = ?1", params![id])?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(queue_error)
+    }
+
+    /// Messages waiting or in flight, and messages dead-lettered.
+    pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
+        self.db
+            .run(|c| {
+                let pending: i64 =
+                    c.query_row("SELECT count(*) FROM fanout_queue", [], |r| r.get(0))?;
+                let dead: i64 =
+                    c.query_row("SELECT count(*) FROM fanout_dead_letters", [], |r| r.get(0))?;
+                Ok((pending as u64, dead as u64))
+            })
+            .await
+            .map_err(queue_error)
+    }
+
+    /// Sends raw bodies (tests use it to inject messages that do not parse).
+    pub async fn send_raw(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                let now = now_ms();
+                for body in &bodies {
+                    tx.execute(
+                        "INSERT INTO fanout_queue (body, visible_at_ms) VALUES (?1, ?2)",
+                        params![body, now],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(queue_error)?;
+        self.notify.notify_one();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Queue for EmbeddedQueue {
+    async fn send(&self, jobs: &[FanoutJob]) -> Result<(), QueueError> {
+        self.send_raw(jobs.iter().map(encode).collect()).await
+    }
+
+    async fn health(&self) -> Result<(), QueueError> {
+        self.depth().await.map(drop)
+    }
+}

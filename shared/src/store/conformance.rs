@@ -1,0 +1,228 @@
+//! One behavioural suite every `Store` must pass. It uses fresh user names on each run, so it can
+//! run against a shared database.
+
+use chrono::{Duration, Utc};
+
+use super::{IdRange, Store, TimelineEntry};
+use crate::model::{parse_time, Activity, ActivityId, FollowEdge};
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", rand::random::<u64>())
+}
+
+fn activity(actor: &str, time: &str, foreign_id: Option<&str>) -> Activity {
+    let time = parse_time(time).unwrap();
+    Activity {
+        id: ActivityId::new(time).0,
+        actor: actor.to_owned(),
+        verb: "post".to_owned(),
+        object: "obj_1".to_owned(),
+        target: None,
+        time,
+        foreign_id: foreign_id.map(str::to_owned),
+        extra: None,
+    }
+}
+
+pub async fn run(store: &dyn Store) {
+    store.health().await.expect("health");
+    follow_edges_are_idempotent_and_listed_in_order(store).await;
+    activities_are_idempotent_by_foreign_id(store).await;
+    timelines_are_sorted_sliced_and_idempotent(store).await;
+}
+
+async fn follow_edges_are_idempotent_and_listed_in_order(store: &dyn Store) {
+    let star = unique("star");
+    let fans: Vec<String> = (0..5).map(|i| format!("{}_{i}", unique("fan"))).collect();
+    let t0 = Utc::now() - Duration::hours(1);
+    for fan in &fans {
+        let edge = FollowEdge {
+            follower: fan.clone(),
+            following: star.clone(),
+            created_at: t0,
+        };
+        let (stored, created) = store.follow(&edge).await.unwrap();
+        assert!(created, "a new edge is created");
+        assert_eq!(stored.created_at.timestamp_micros(), t0.timestamp_micros());
+    }
+    let again = FollowEdge {
+        follower: fans[0].clone(),
+        following: star.clone(),
+        created_at: Utc::now(),
+    };
+    let (stored, created) = store.follow(&again).await.unwrap();
+    assert!(!created, "an existing edge is not created twice");
+    assert_eq!(
+        stored.created_at.timestamp_micros(),
+        t0.timestamp_micros(),
+        "it keeps its original time"
+    );
+    assert!(store.is_following(&fans[0], &star).await.unwrap());
+    assert!(!store.is_following(&star, &fans[0]).await.unwrap());
+
+    let mut sorted = fans.clone();
+    sorted.sort();
+    let first = store.followers(&star, None, 3).await.unwrap();
+    let names: Vec<_> = first.iter().map(|r| r.user.clone()).collect();
+    assert_eq!(names, sorted[..3]);
+    let rest = store.followers(&star, Some(&names[2]), 10).await.unwrap();
+    let rest: Vec<_> = rest.iter().map(|r| r.user.clone()).collect();
+    assert_eq!(rest, sorted[3..]);
+    let following = store.following(&fans[1], None, 10).await.unwrap();
+    assert_eq!(following.len(), 1);
+    assert_eq!(following[0].user, star);
+
+    store.unfollow(&fans[0], &star).await.unwrap();
+    store.unfollow(&fans[0], &star).await.unwrap();
+    assert!(!store.is_following(&fans[0], &star).await.unwrap());
+    assert_eq!(store.followers(&star, None, 10).await.unwrap().len(), 4);
+    assert!(store
+        .following(&fans[0], None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn activities_are_idempotent_by_foreign_id(store: &dyn Store) {
+    let actor = unique("actor");
+    let mut first = activity(&actor, "2026-11-29T10:00:00.123456Z", Some("post:1"));
+    first.target = Some("usr_73".into());
+    first.extra = Some(
+        serde_json::json!({"text": "héllo", "n": [1, 2]})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let (stored, created) = store.put_activity(&first).await.unwrap();
+    assert!(created);
+    assert_eq!(stored, first);
+    assert_eq!(
+        store.get_activity(&first.id).await.unwrap().as_ref(),
+        Some(&first),
+        "all fields round-trip"
+    );
+
+    let retry = activity(&actor, "2026-11-29T11:00:00Z", Some("post:1"));
+    let (stored, created) = store.put_activity(&retry).await.unwrap();
+    assert!(!created, "the same foreign_id stores nothing new");
+    assert_eq!(stored, first, "and answers the activity first stored");
+    assert_eq!(store.get_activity(&retry.id).await.unwrap(), None);
+
+    let other = activity(&actor, "2026-11-29T12:00:00Z", None);
+    let third = activity(&actor, "2026-11-29T09:00:00Z", Some("post:2"));
+    assert!(store.put_activity(&other).await.unwrap().1);
+    assert!(store.put_activity(&third).await.unwrap().1);
+    let feed = store
+        .user_feed(&actor, IdRange::default(), 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = feed.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [other.id.as_str(), first.id.as_str(), third.id.as_str()],
+        "newest first"
+    );
+    let older = store
+        .user_feed(
+            &actor,
+            IdRange {
+                before: Some(&first.id),
+                not_before: None,
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(older, vec![third.clone()]);
+
+    store.delete_activity(&first).await.unwrap();
+    assert_eq!(store.get_activity(&first.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .user_feed(&actor, IdRange::default(), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let reused = activity(&actor, "2026-11-29T13:00:00Z", Some("post:1"));
+    assert!(
+        store.put_activity(&reused).await.unwrap().1,
+        "a deleted activity's foreign_id may be used again"
+    );
+}
+
+async fn timelines_are_sorted_sliced_and_idempotent(store: &dyn Store) {
+    let (owner, other_owner, actor) = (unique("reader"), unique("reader"), unique("actor"));
+    let acts: Vec<Activity> = (0..6)
+        .map(|i| activity(&actor, &format!("2026-11-2{}T10:00:00Z", i + 1), None))
+        .collect();
+    let entries: Vec<TimelineEntry> = acts
+        .iter()
+        .map(|a| TimelineEntry {
+            owner: owner.clone(),
+            activity: a.clone(),
+        })
+        .collect();
+    store.insert_timeline(&entries).await.unwrap();
+    store.insert_timeline(&entries[..2]).await.unwrap();
+    store
+        .insert_timeline(&[TimelineEntry {
+            owner: other_owner.clone(),
+            activity: acts[0].clone(),
+        }])
+        .await
+        .unwrap();
+
+    let all = store
+        .timeline(&owner, IdRange::default(), 100)
+        .await
+        .unwrap();
+    let expected: Vec<Activity> = acts.iter().rev().cloned().collect();
+    assert_eq!(all, expected, "each row once, newest first");
+    let page = store
+        .timeline(
+            &owner,
+            IdRange {
+                before: Some(&acts[4].id),
+                not_before: None,
+            },
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page, vec![acts[3].clone(), acts[2].clone()]);
+    let day = ActivityId::floor(acts[2].time);
+    let bounded = store
+        .timeline(
+            &owner,
+            IdRange {
+                before: Some(&acts[4].id),
+                not_before: Some(&day),
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bounded, vec![acts[3].clone(), acts[2].clone()]);
+
+    let rows = vec![
+        (owner.clone(), acts[5].id.clone()),
+        (owner.clone(), "0000000000000000ffffffffffffffff".to_owned()),
+    ];
+    store.delete_timeline(&rows).await.unwrap();
+    store.delete_timeline(&rows).await.unwrap();
+    let left = store
+        .timeline(&owner, IdRange::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 5);
+    assert!(left.iter().all(|a| a.id != acts[5].id));
+    assert_eq!(
+        store
+            .timeline(&other_owner, IdRange::default(), 100)
+            .await
+            .unwrap(),
+        vec![acts[0].clone()]
+    );
+}

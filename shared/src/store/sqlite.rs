@@ -1,0 +1,362 @@
+//! The embedded store: one SQLite file (WAL mode) that also holds the standalone server's durable
+//! fan-out queue.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{IdRange, Store, StoreError, TimelineEntry};
+use crate::model::{from_micros, Activity, FollowEdge, Relation};
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS follows (
+    follower TEXT NOT NULL, following TEXT NOT NULL, created_us INTEGER NOT NULL,
+    PRIMARY KEY (follower, following)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS follows_by_following ON follows (following, follower);
+CREATE TABLE IF NOT EXISTS activities (
+    id TEXT PRIMARY KEY, actor TEXT NOT NULL, verb TEXT NOT NULL, object TEXT NOT NULL, target TEXT,
+    time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS activities_by_actor ON activities (actor, id);
+CREATE UNIQUE INDEX IF NOT EXISTS activities_by_foreign_id ON activities (actor, foreign_id)
+    WHERE foreign_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS timeline (
+    owner TEXT NOT NULL, id TEXT NOT NULL, actor TEXT NOT NULL, verb TEXT NOT NULL, object TEXT NOT NULL,
+    target TEXT, time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT,
+    PRIMARY KEY (owner, id)) WITHOUT ROWID;
+";
+
+const ACTIVITY_COLUMNS: &str = "id, actor, verb, object, target, time_us, foreign_id, extra";
+
+/// A shared handle on the database file, used by the store and the embedded queue.
+#[derive(Clone)]
+pub struct SqliteDb {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) the database file and its schema. `:memory:` works for tests.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let conn = Connection::open(path).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(internal)?;
+        conn.execute_batch(SCHEMA).map_err(internal)?;
+        Ok(SqliteDb {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs blocking SQLite work off the async threads.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard).map_err(internal)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("SQLite task failed: {e}")))?
+    }
+}
+
+fn internal(e: rusqlite::Error) -> StoreError {
+    StoreError::Internal(format!("SQLite: {e}"))
+}
+
+fn activity_from_row(row: &Row<'_>) -> rusqlite::Result<Activity> {
+    let extra: Option<String> = row.get(7)?;
+    Ok(Activity {
+        id: row.get(0)?,
+        actor: row.get(1)?,
+        verb: row.get(2)?,
+        object: row.get(3)?,
+        target: row.get(4)?,
+        time: from_micros(row.get(5)?),
+        foreign_id: row.get(6)?,
+        extra: extra.and_then(|text| serde_json::from_str(&text).ok()),
+    })
+}
+
+fn extra_text(activity: &Activity) -> Option<String> {
+    activity
+        .extra
+        .as_ref()
+        .map(|m| serde_json::Value::Object(m.clone()).to_string())
+}
+
+pub struct SqliteStore {
+    db: SqliteDb,
+}
+
+impl SqliteStore {
+    pub fn new(db: SqliteDb) -> Self {
+        SqliteStore { db }
+    }
+
+    pub fn db(&self) -> &SqliteDb {
+        &self.db
+    }
+
+    async fn relations(
+        &self,
+        sql: &'static str,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Relation>, StoreError> {
+        let (user, after) = (user.to_owned(), after.unwrap_or("").to_owned());
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(sql)?;
+                let rows = stmt.query_map(params![user, after, limit as i64], |r| {
+                    Ok(Relation {
+                        user: r.get(0)?,
+                        since: from_micros(r.get(1)?),
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn activities(
+        &self,
+        sql: &'static str,
+        key: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        let key = key.to_owned();
+        // Ids are 32 lowercase hex digits, so "g" sorts after every id and "" before.
+        let before = range.before.unwrap_or("g").to_owned();
+        let not_before = range.not_before.unwrap_or("").to_owned();
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(sql)?;
+                let rows = stmt.query_map(
+                    params![key, before, not_before, limit as i64],
+                    activity_from_row,
+                )?;
+                rows.collect()
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        self.db
+            .run(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+
+    async fn follow(&self, edge: &FollowEdge) -> Result<(FollowEdge, bool), StoreError> {
+        let edge = edge.clone();
+        self.db
+            .run(move |c| {
+                let inserted = c.execute(
+                    "INSERT OR IGNORE INTO follows (follower, following, created_us) VALUES (?1, ?2, ?3)",
+                    params![edge.follower, edge.following, edge.created_at.timestamp_micros()],
+                )?;
+                let created_us: i64 = c.query_row(
+                    "SELECT created_us FROM follows WHERE follower = ?1 AND following = ?2",
+                    params![edge.follower, edge.following],
+                    |r| r.get(0),
+                )?;
+                Ok((FollowEdge { created_at: from_micros(created_us), ..edge }, inserted == 1))
+            })
+            .await
+    }
+
+    async fn unfollow(&self, follower: &str, following: &str) -> Result<(), StoreError> {
+        let (a, b) = (follower.to_owned(), following.to_owned());
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "DELETE FROM follows WHERE follower = ?1 AND following = ?2",
+                    params![a, b],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn is_following(&self, follower: &str, following: &str) -> Result<bool, StoreError> {
+        let (a, b) = (follower.to_owned(), following.to_owned());
+        self.db
+            .run(move |c| {
+                c.query_row(
+                    "SELECT 1 FROM follows WHERE follower = ?1 AND following = ?2",
+                    params![a, b],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map(|found| found.is_some())
+            })
+            .await
+    }
+
+    async fn followers(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Relation>, StoreError> {
+        const SQL: &str = "SELECT follower, created_us FROM follows WHERE following = ?1 AND follower > ?2 ORDER BY follower LIMIT ?3";
+        self.relations(SQL, user, after, limit).await
+    }
+
+    async fn following(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Relation>, StoreError> {
+        const SQL: &str = "SELECT following, created_us FROM follows WHERE follower = ?1 AND following > ?2 ORDER BY following LIMIT ?3";
+        self.relations(SQL, user, after, limit).await
+    }
+
+    async fn put_activity(&self, activity: &Activity) -> Result<(Activity, bool), StoreError> {
+        let a = activity.clone();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                if let Some(foreign_id) = &a.foreign_id {
+                    let existing = tx
+                        .query_row(
+                            &format!("SELECT {ACTIVITY_COLUMNS} FROM activities WHERE actor = ?1 AND foreign_id = ?2"),
+                            params![a.actor, foreign_id],
+                            activity_from_row,
+                        )
+                        .optional()?;
+                    if let Some(existing) = existing {
+                        return Ok((existing, false));
+                    }
+                }
+                tx.execute(
+                    &format!("INSERT INTO activities ({ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                    params![a.id, a.actor, a.verb, a.object, a.target, a.time.timestamp_micros(), a.foreign_id, extra_text(&a)],
+                )?;
+                tx.commit()?;
+                Ok((a, true))
+            })
+            .await
+    }
+
+    async fn get_activity(&self, id: &str) -> Result<Option<Activity>, StoreError> {
+        let id = id.to_owned();
+        self.db
+            .run(move |c| {
+                c.query_row(
+                    &format!("SELECT {ACTIVITY_COLUMNS} FROM activities WHERE id = ?1"),
+                    params![id],
+                    activity_from_row,
+                )
+                .optional()
+            })
+            .await
+    }
+
+    async fn delete_activity(&self, activity: &Activity) -> Result<(), StoreError> {
+        let id = activity.id.clone();
+        self.db
+            .run(move |c| {
+                c.execute("DELETE FROM activities WHERE id = ?1", params![id])
+                    .map(drop)
+            })
+            .await
+    }
+
+    async fn user_feed(
+        &self,
+        actor: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        const SQL: &str =
+            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra FROM activities \
+            WHERE actor = ?1 AND id < ?2 AND id >= ?3 ORDER BY id DESC LIMIT ?4";
+        self.activities(SQL, actor, range, limit).await
+    }
+
+    async fn timeline(
+        &self,
+        owner: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        const SQL: &str =
+            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra FROM timeline \
+            WHERE owner = ?1 AND id < ?2 AND id >= ?3 ORDER BY id DESC LIMIT ?4";
+        self.activities(SQL, owner, range, limit).await
+    }
+
+    async fn insert_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut stmt = tx.prepare_cached(&format!(
+                        "INSERT OR IGNORE INTO timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                    ))?;
+                    for TimelineEntry { owner, activity: a } in &entries {
+                        stmt.execute(params![
+                            owner,
+                            a.id,
+                            a.actor,
+                            a.verb,
+                            a.object,
+                            a.target,
+                            a.time.timestamp_micros(),
+                            a.foreign_id,
+                            extra_text(a)
+                        ])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn delete_timeline(&self, rows: &[(String, String)]) -> Result<(), StoreError> {
+        let rows = rows.to_vec();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut stmt =
+                        tx.prepare_cached("DELETE FROM timeline WHERE owner = ?1 AND id = ?2")?;
+                    for (owner, id) in &rows {
+                        stmt.execute(params![owner, id])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_store_passes_the_conformance_suite() {
+        let store = SqliteStore::new(SqliteDb::open(":memory:").unwrap());
+        crate::store::conformance::run(&store).await;
+    }
+}

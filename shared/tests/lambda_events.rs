@@ -1,0 +1,205 @@
+//! Each function's handler, as `lambda_http` / `lambda_runtime` run it, on each sample event in
+//! `events/`: the events are real API Gateway HTTP API (v2) and SQS shapes, with development tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use feeds::config::env;
+use feeds::http::{router, App, Routes};
+use feeds::model::{parse_time, Activity};
+use feeds::queue::embedded::EmbeddedQueue;
+use feeds::store::sqlite::{SqliteDb, SqliteStore};
+use feeds::store::{IdRange, Store};
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::Service;
+use lambda_http::{Adapter, Context, LambdaEvent};
+use serde_json::Value;
+
+const SAMPLE_ACTIVITY: &str = "000661675b3528007c4f9a1e2b8d3f60";
+
+fn event(name: &str) -> String {
+    let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+struct Fixture {
+    store: Arc<SqliteStore>,
+    queue: EmbeddedQueue,
+    app: App,
+}
+
+async fn fixture() -> Fixture {
+    let db = SqliteDb::open(":memory:").unwrap();
+    let store = Arc::new(SqliteStore::new(db.clone()));
+    let queue = EmbeddedQueue::new(db, Duration::from_secs(30), 5)
+        .await
+        .unwrap();
+    let backends = feeds::config::Backends {
+        store: store.clone(),
+        queue: Arc::new(queue.clone()),
+        embedded_queue: Some(queue.clone()),
+        sqs_queue: None,
+        fanout: feeds::fanout::Fanout::new(
+            store.clone(),
+            Arc::new(queue.clone()),
+            Default::default(),
+        ),
+    };
+    assert!(
+        env("FEEDS_JWT_PUBLIC_KEY").is_none() && env("FEEDS_JWKS").is_none(),
+        "the events carry development tokens"
+    );
+    let app = feeds::config::app(&backends).unwrap();
+    Fixture { store, queue, app }
+}
+
+fn sample_activity() -> Activity {
+    Activity {
+        id: SAMPLE_ACTIVITY.into(),
+        actor: "usr_01".into(),
+        verb: "post".into(),
+        object: "obj_50".into(),
+        target: None,
+        time: parse_time("2026-11-29T10:00:00Z").unwrap(),
+        foreign_id: None,
+        extra: None,
+    }
+}
+
+/// Runs an HTTP event through the function's router exactly as `lambda_http::run` does.
+async fn invoke(app: &App, routes: Routes, name: &str) -> (u16, Value) {
+    let request: LambdaRequest = serde_json::from_str(&event(name))
+        .unwrap_or_else(|e| panic!("{name} is not an HTTP API event: {e}"));
+    let mut adapter = Adapter::from(router(app.clone(), routes));
+    let response = adapter
+        .call(LambdaEvent::new(request, Context::default()))
+        .await
+        .unwrap();
+    let response = serde_json::to_value(response).unwrap();
+    let status = response["statusCode"].as_u64().unwrap() as u16;
+    let body = match response["body"].as_str() {
+        Some(text) if !text.is_empty() => serde_json::from_str(text).unwrap(),
+        _ => Value::Null,
+    };
+    (status, body)
+}
+
+#[tokio::test]
+async fn follow_function_answers_its_sample_events() {
+    let f = fixture().await;
+    let (status, body) = invoke(&f.app, Routes::Follow, "follow.json").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["follower"].as_str(), body["following"].as_str()),
+        (Some("usr_02"), Some("usr_01"))
+    );
+    assert!(f.store.is_following("usr_02", "usr_01").await.unwrap());
+    assert_eq!(
+        f.queue.depth().await.unwrap().0,
+        1,
+        "a backfill job is enqueued"
+    );
+    let (status, _) = invoke(&f.app, Routes::Follow, "unfollow.json").await;
+    assert_eq!(status, 204);
+    assert!(!f.store.is_following("usr_02", "usr_01").await.unwrap());
+    let (status, body) = invoke(&f.app, Routes::Follow, "get-feed.json").await;
+    assert_eq!(status, 404, "a function serves only its own routes: {body}");
+}
+
+#[tokio::test]
+async fn post_activity_function_answers_its_sample_events() {
+    let f = fixture().await;
+    let (status, body) = invoke(&f.app, Routes::PostActivity, "post-activity.json").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["actor"], "usr_01");
+    let stored = f
+        .store
+        .user_feed("usr_01", IdRange::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(serde_json::to_value(&stored[0]).unwrap(), body);
+
+    f.store.put_activity(&sample_activity()).await.unwrap();
+    let (status, body) = invoke(&f.app, Routes::PostActivity, "delete-activity.json").await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(f.store.get_activity(SAMPLE_ACTIVITY).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn get_feed_function_answers_its_sample_events() {
+    let f = fixture().await;
+    f.store
+        .follow(&feeds::model::FollowEdge {
+            follower: "usr_02".into(),
+            following: "usr_01".into(),
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    f.store.put_activity(&sample_activity()).await.unwrap();
+    f.store
+        .insert_timeline(&[feeds::store::TimelineEntry {
+            owner: "usr_02".into(),
+            activity: sample_activity(),
+        }])
+        .await
+        .unwrap();
+    let (status, body) = invoke(&f.app, Routes::GetFeed, "get-feed.json").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["group"], "post:2026-11-29");
+    assert_eq!(body["results"][0]["activities"][0]["id"], SAMPLE_ACTIVITY);
+    for name in ["get-feed-flat.json", "get-feed-user.json"] {
+        let (status, body) = invoke(&f.app, Routes::GetFeed, name).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(body["results"][0]["id"], SAMPLE_ACTIVITY, "{name}");
+    }
+    let (status, body) = invoke(&f.app, Routes::GetFeed, "followers.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"][0]["user"], "usr_02");
+    let (status, body) = invoke(&f.app, Routes::GetFeed, "health.json").await;
+    assert_eq!((status, body), (200, serde_json::json!({"status": "ok"})));
+}
+
+#[tokio::test]
+async fn fanout_function_answers_its_sample_event() {
+    let f = fixture().await;
+    f.store
+        .follow(&feeds::model::FollowEdge {
+            follower: "usr_02".into(),
+            following: "usr_01".into(),
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    f.store.put_activity(&sample_activity()).await.unwrap();
+    let event: SqsEvent = serde_json::from_str(&event("fanout.json")).expect("an SQS event");
+    let fanout = feeds::fanout::Fanout::new(
+        f.store.clone(),
+        Arc::new(f.queue.clone()),
+        Default::default(),
+    );
+    let response = fanout.handle_sqs_event(event).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "{:?}",
+        response.batch_item_failures
+    );
+    let timeline = f
+        .store
+        .timeline("usr_02", IdRange::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        timeline,
+        vec![sample_activity()],
+        "delivered (and backfilled) exactly once"
+    );
+    let wire = serde_json::to_value(&response).unwrap();
+    assert_eq!(
+        wire,
+        serde_json::json!({"batchItemFailures": []}),
+        "the shape Lambda reads"
+    );
+}
