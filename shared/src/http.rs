@@ -25,6 +25,7 @@ use crate::store::{IdRange, Store};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const DRAIN_BYTES: usize = 1024 * 1024;
 const DEFAULT_LIMIT: usize = 25;
 const MAX_LIMIT: usize = 100;
 
@@ -95,17 +96,12 @@ impl App {
 /// Reads a JSON body after authentication: `413` over the limit, `415` when not JSON, `400` when it
 /// does not parse into `T`.
 async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
-    if let Some(length) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-    {
-        if length > MAX_BODY_BYTES {
-            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
-        }
-    }
-    let bytes = to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
+    // Read (and so drain) up to 1 MiB even when over the limit: a connection closed with unread
+    // bytes is reset, and the client would lose the 413.
+    let bytes = match to_bytes(body, DRAIN_BYTES).await {
+        Ok(bytes) if bytes.len() <= MAX_BODY_BYTES => bytes,
+        _ => return Err(ApiError::payload_too_large(MAX_BODY_BYTES)),
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

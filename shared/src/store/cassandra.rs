@@ -1044,7 +1044,8 @@ impl Store for CassandraStore {
             )
         };
         let mut outcome = claim().await?;
-        for _ in 0..CAS_ATTEMPTS {
+        // Each pass handles the outcome of one lightweight transaction and may run the next.
+        for attempt in 1.. {
             let holder = match outcome {
                 Cas::Applied => {
                     self.write_activity(activity).await?;
@@ -1057,10 +1058,11 @@ impl Store for CassandraStore {
                 Cas::Rejected(None) => match self.foreign_id_holder(actor, foreign_id).await? {
                     Some(holder) => holder,
                     // Released in between (its activity was deleted): claim it again.
-                    None => {
+                    None if attempt < CAS_ATTEMPTS => {
                         outcome = claim().await?;
                         continue;
                     }
+                    None => break,
                 },
             };
             if let Some(existing) = self.get_activity(&holder.id).await? {
@@ -1078,6 +1080,9 @@ impl Store for CassandraStore {
                     "Cassandra put_activity: activity {} with foreign_id {foreign_id:?} is still being stored; try again shortly",
                     holder.id
                 )));
+            }
+            if attempt >= CAS_ATTEMPTS {
+                break;
             }
             let take_over = (id, now_us(), actor, foreign_id, holder.id.as_str());
             outcome = match self
