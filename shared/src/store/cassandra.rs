@@ -588,15 +588,15 @@ struct CreatedRow {
     created_us: i64,
 }
 
-/// What a rejected `INSERT INTO followers ... IF NOT EXISTS` sends back.
+/// What a rejected `INSERT INTO following ... IF NOT EXISTS` sends back.
 #[derive(scylla::DeserializeRow)]
-struct FollowerCasRow {
+struct EdgeCasRow {
     #[scylla(rename = "[applied]")]
     applied: bool,
     #[allow(dead_code)]
     user: String,
     #[allow(dead_code)]
-    follower: String,
+    followee: String,
     created_us: Option<i64>,
 }
 
@@ -625,7 +625,7 @@ trait CasRow {
     fn applied(&self) -> bool;
 }
 
-impl CasRow for FollowerCasRow {
+impl CasRow for EdgeCasRow {
     fn applied(&self) -> bool {
         self.applied
     }
@@ -660,12 +660,12 @@ enum Cas<R> {
 /// Every statement, prepared once.
 struct Statements {
     health: PreparedStatement,
-    follower_insert: PreparedStatement,
-    follower_get: PreparedStatement,
-    follower_delete: PreparedStatement,
+    edge_claim: PreparedStatement,
+    edge_get: PreparedStatement,
+    edge_release: PreparedStatement,
     followers_page: PreparedStatement,
-    following_insert: PreparedStatement,
-    following_delete: PreparedStatement,
+    follower_row_insert: PreparedStatement,
+    follower_row_delete: PreparedStatement,
     following_page: PreparedStatement,
     foreign_id_claim: PreparedStatement,
     foreign_id_get: PreparedStatement,
@@ -699,12 +699,12 @@ impl CassandraStore {
         // a Lambda was frozen); lightweight transactions may not.
         let st = tokio::try_join!(
             prepare(s, "SELECT release_version FROM system.local WHERE key = 'local'".to_owned(), true),
-            prepare(s, format!("INSERT INTO {ks}.followers (user, follower, created_us) VALUES (?, ?, ?) IF NOT EXISTS"), false),
-            prepare(s, format!("SELECT created_us FROM {ks}.followers WHERE user = ? AND follower = ?"), true),
-            prepare(s, format!("DELETE FROM {ks}.followers WHERE user = ? AND follower = ? IF EXISTS"), false),
+            prepare(s, format!("INSERT INTO {ks}.following (user, followee, created_us) VALUES (?, ?, ?) IF NOT EXISTS"), false),
+            prepare(s, format!("SELECT created_us FROM {ks}.following WHERE user = ? AND followee = ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.following WHERE user = ? AND followee = ? IF EXISTS"), false),
             prepare(s, format!("SELECT follower, created_us FROM {ks}.followers WHERE user = ? AND follower > ? LIMIT ?"), true),
-            prepare(s, format!("INSERT INTO {ks}.following (user, followee, created_us) VALUES (?, ?, ?)"), true),
-            prepare(s, format!("DELETE FROM {ks}.following WHERE user = ? AND followee = ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.followers (user, follower, created_us) VALUES (?, ?, ?)"), true),
+            prepare(s, format!("DELETE FROM {ks}.followers WHERE user = ? AND follower = ?"), true),
             prepare(s, format!("SELECT followee, created_us FROM {ks}.following WHERE user = ? AND followee > ? LIMIT ?"), true),
             prepare(s, format!("INSERT INTO {ks}.activity_foreign_ids (actor, foreign_id, id, claimed_us) VALUES (?, ?, ?, ?) IF NOT EXISTS"), false),
             prepare(s, format!("SELECT id, claimed_us FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ?"), true),
@@ -722,12 +722,12 @@ impl CassandraStore {
         )?;
         let st = Statements {
             health: st.0,
-            follower_insert: st.1,
-            follower_get: st.2,
-            follower_delete: st.3,
+            edge_claim: st.1,
+            edge_get: st.2,
+            edge_release: st.3,
             followers_page: st.4,
-            following_insert: st.5,
-            following_delete: st.6,
+            follower_row_insert: st.5,
+            follower_row_delete: st.6,
             following_page: st.7,
             foreign_id_claim: st.8,
             foreign_id_get: st.9,
@@ -943,16 +943,19 @@ impl Store for CassandraStore {
         let op = "follow";
         let (user, follower) = (edge.following.as_str(), edge.follower.as_str());
         let created_us = edge.created_at.timestamp_micros();
+        // The lightweight transaction runs on the follower's `following` partition, not on the
+        // followee's `followers` partition: thousands of users following one star at once would
+        // contend there.
         for _ in 0..CAS_ATTEMPTS {
             let outcome = self
-                .cas::<FollowerCasRow>(op, &self.st.follower_insert, (user, follower, created_us))
+                .cas::<EdgeCasRow>(op, &self.st.edge_claim, (follower, user, created_us))
                 .await?;
             let (stored_us, created) = match outcome {
                 Cas::Applied => (created_us, true),
                 Cas::Rejected(Some(row)) => (row.created_us.unwrap_or(created_us), false),
                 Cas::Rejected(None) => {
                     match self
-                        .get_row::<CreatedRow>(op, &self.st.follower_get, (user, follower))
+                        .get_row::<CreatedRow>(op, &self.st.edge_get, (follower, user))
                         .await?
                     {
                         Some(row) => (row.created_us, false),
@@ -961,9 +964,13 @@ impl Store for CassandraStore {
                     }
                 }
             };
-            // Written on every call, so a retry repairs a `following` row an earlier attempt missed.
-            self.execute(op, &self.st.following_insert, (follower, user, stored_us))
-                .await?;
+            // Written on every call, so a retry repairs a `followers` row an earlier attempt missed.
+            self.execute(
+                op,
+                &self.st.follower_row_insert,
+                (user, follower, stored_us),
+            )
+            .await?;
             return Ok((
                 FollowEdge {
                     created_at: from_micros(stored_us),
@@ -980,15 +987,15 @@ impl Store for CassandraStore {
     async fn unfollow(&self, follower: &str, following: &str) -> Result<(), StoreError> {
         let op = "unfollow";
         tokio::try_join!(
-            self.cas::<AppliedRow>(op, &self.st.follower_delete, (following, follower)),
-            self.execute(op, &self.st.following_delete, (follower, following)),
+            self.cas::<AppliedRow>(op, &self.st.edge_release, (follower, following)),
+            self.execute(op, &self.st.follower_row_delete, (following, follower)),
         )?;
         Ok(())
     }
 
     async fn is_following(&self, follower: &str, following: &str) -> Result<bool, StoreError> {
         let row: Option<CreatedRow> = self
-            .get_row("is_following", &self.st.follower_get, (following, follower))
+            .get_row("is_following", &self.st.edge_get, (follower, following))
             .await?;
         Ok(row.is_some())
     }
