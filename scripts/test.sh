@@ -34,7 +34,7 @@ export AWS_REGION=${AWS_REGION:-us-east-1} AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID
 log "checking formatting"
 cargo fmt --all -- --check
 log "running the tests"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 if [[ ${FEEDS_SKIP_SAM:-0} != 1 ]]; then
   log "validating and building the SAM template"
