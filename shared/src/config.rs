@@ -170,21 +170,34 @@ pub fn app(backends: &Backends) -> Result<App, ConfigError> {
     })
 }
 
-/// Structured logs: JSON by default (CloudWatch), `FEEDS_LOG_FORMAT=text` for a terminal; `RUST_LOG` filters.
+/// Structured logs: JSON (for CloudWatch and log pipelines) unless standard error is a terminal;
+/// `FEEDS_LOG_FORMAT=json|text` decides otherwise. `RUST_LOG` filters.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if env("FEEDS_LOG_FORMAT").as_deref() == Some("text") {
-        builder.try_init()
-    } else {
-        builder
+    let text = match env("FEEDS_LOG_FORMAT").as_deref() {
+        Some("text") => true,
+        Some(_) => false,
+        None => std::io::stderr().is_terminal(),
+    };
+    // Lambda stamps every line itself.
+    let in_lambda = env("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let _ = match (text, in_lambda) {
+        (true, _) => builder.try_init(),
+        (false, true) => builder
             .json()
             .with_current_span(true)
             .flatten_event(true)
             .without_time()
-            .try_init()
+            .try_init(),
+        (false, false) => builder
+            .json()
+            .with_current_span(true)
+            .flatten_event(true)
+            .try_init(),
     };
 }
