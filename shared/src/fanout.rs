@@ -34,7 +34,7 @@ pub enum FanoutJob {
     },
     /// Copy `followee`'s most recent activities into `follower`'s timeline.
     Backfill { follower: String, followee: String },
-    /// Remove `followee`'s activities older than `before` from `follower`'s timeline.
+    /// Remove `followee`'s activities from `follower`'s timeline, scanning it from `before`.
     Purge {
         follower: String,
         followee: String,
@@ -177,7 +177,10 @@ impl Fanout {
                     before: before.as_deref(),
                     not_before: None,
                 };
-                let page = self.store.user_feed(followee, range, chunk).await?;
+                // Scans the follower's timeline rather than the followee's own feed: an activity
+                // deleted after the unfollow is gone from the followee's feed, and its retraction
+                // no longer reaches this ex-follower.
+                let page = self.store.timeline(follower, range, chunk).await?;
                 if page.len() == chunk {
                     let next = page.last().map(|a| a.id.clone());
                     self.queue
@@ -188,8 +191,11 @@ impl Fanout {
                         }])
                         .await?;
                 }
-                let rows: Vec<(String, String)> =
-                    page.into_iter().map(|a| (follower.clone(), a.id)).collect();
+                let rows: Vec<(String, String)> = page
+                    .into_iter()
+                    .filter(|a| &a.actor == followee)
+                    .map(|a| (follower.clone(), a.id))
+                    .collect();
                 self.store.delete_timeline(&rows).await?;
             }
         }
@@ -315,5 +321,117 @@ impl Fanout {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{parse_time, Activity, ActivityId, FollowEdge};
+    use crate::store::sqlite::{SqliteDb, SqliteStore};
+
+    /// Runs every queued job, in order, until the queue is empty.
+    async fn drain(fanout: &Fanout, queue: &EmbeddedQueue) {
+        loop {
+            let messages = queue.receive(10).await.unwrap();
+            if messages.is_empty() {
+                return;
+            }
+            assert!(fanout.run_batch(&messages).await.is_empty());
+            queue
+                .delete(&messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn activity_deleted_after_unfollow_leaves_the_ex_followers_feed() {
+        let db = SqliteDb::open(":memory:").unwrap();
+        let store = Arc::new(SqliteStore::new(db.clone()));
+        let queue = EmbeddedQueue::new(db, Duration::from_secs(30), 5)
+            .await
+            .unwrap();
+        let settings = FanoutSettings {
+            chunk_size: 2,
+            backfill_limit: 100,
+        };
+        let fanout = Fanout::new(store.clone(), Arc::new(queue.clone()), settings);
+        for star in ["star", "other"] {
+            let edge = FollowEdge {
+                follower: "fan".into(),
+                following: star.into(),
+                created_at: chrono::Utc::now(),
+            };
+            store.follow(&edge).await.unwrap();
+        }
+        let mut posted = Vec::new();
+        for (i, actor) in ["star", "other", "star", "star", "other"]
+            .iter()
+            .enumerate()
+        {
+            let time = parse_time(&format!("2026-11-29T10:00:0{i}Z")).unwrap();
+            let a = Activity {
+                id: ActivityId::new(time).0,
+                actor: actor.to_string(),
+                verb: "post".into(),
+                object: "o".into(),
+                target: None,
+                time,
+                foreign_id: None,
+                extra: None,
+            };
+            store.put_activity(&a).await.unwrap();
+            queue
+                .send(&[FanoutJob::Deliver {
+                    activity_id: a.id.clone(),
+                    actor: a.actor.clone(),
+                    after: None,
+                }])
+                .await
+                .unwrap();
+            posted.push(a);
+        }
+        drain(&fanout, &queue).await;
+        assert_eq!(
+            store
+                .timeline("fan", IdRange::default(), 10)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
+
+        // The unfollow, then a delete, both before any of their jobs runs.
+        store.unfollow("fan", "star").await.unwrap();
+        queue
+            .send(&[FanoutJob::Purge {
+                follower: "fan".into(),
+                followee: "star".into(),
+                before: None,
+            }])
+            .await
+            .unwrap();
+        store.delete_activity(&posted[0]).await.unwrap();
+        let retract = FanoutJob::Retract {
+            activity_id: posted[0].id.clone(),
+            actor: "star".into(),
+            after: None,
+        };
+        queue.send(&[retract]).await.unwrap();
+        drain(&fanout, &queue).await;
+
+        let left: Vec<String> = store
+            .timeline("fan", IdRange::default(), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.actor)
+            .collect();
+        assert_eq!(
+            left,
+            ["other", "other"],
+            "nothing of the unfollowed user remains, deleted or not"
+        );
     }
 }

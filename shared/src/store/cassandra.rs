@@ -64,6 +64,9 @@ pub struct CassandraConfig {
     /// The `replication` map of `CREATE KEYSPACE`, e.g. `{'class': 'SingleRegionStrategy'}` on
     /// Amazon Keyspaces.
     pub replication: String,
+    /// TLS towards the nodes (`None`: plain TCP): `FEEDS_CASSANDRA_TLS*`, see
+    /// [`TlsSettings::from_lookup`](super::tls::TlsSettings::from_lookup).
+    pub tls: Option<super::tls::TlsSettings>,
 }
 
 impl Default for CassandraConfig {
@@ -76,6 +79,7 @@ impl Default for CassandraConfig {
             connect_timeout: Duration::from_millis(3000),
             request_timeout: Duration::from_millis(5000),
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+            tls: None,
         }
     }
 }
@@ -124,6 +128,7 @@ impl CassandraConfig {
         check_keyspace_name("FEEDS_CASSANDRA_KEYSPACE", &keyspace)?;
         let replication = get("FEEDS_CASSANDRA_REPLICATION").unwrap_or(defaults.replication);
         check_replication("FEEDS_CASSANDRA_REPLICATION", &replication)?;
+        let tls = super::tls::TlsSettings::from_lookup(&lookup, &nodes)?;
         Ok(CassandraConfig {
             nodes,
             keyspace,
@@ -138,6 +143,7 @@ impl CassandraConfig {
                 defaults.request_timeout,
             )?,
             replication,
+            tls,
         })
     }
 
@@ -210,6 +216,10 @@ pub async fn connect(cfg: &CassandraConfig) -> Result<Session, StoreError> {
         .keepalive_interval(Duration::from_secs(30))
         .keepalive_timeout(Duration::from_secs(10))
         .default_execution_profile_handle(profile.into_handle());
+    // TLS: the chain and the configured DNS name are verified, not the dialed address.
+    if let Some(tls) = &cfg.tls {
+        builder = builder.tls_context(Some(tls.client_config()?));
+    }
     if let Some(username) = &cfg.username {
         builder = builder.user(username, cfg.password.as_deref().unwrap_or_default());
     }
@@ -398,6 +408,19 @@ fn store_error(op: &str, err: impl DriverError) -> StoreError {
     } else {
         StoreError::Internal(message)
     }
+}
+
+/// The connection, not the cluster, failed: a fresh session may well succeed.
+fn connection_lost(err: &ExecutionError) -> bool {
+    matches!(
+        err,
+        ExecutionError::ConnectionPoolError(_)
+            | ExecutionError::RequestTimeout(_)
+            | ExecutionError::LastAttemptError(
+                RequestAttemptError::BrokenConnectionError(_)
+                    | RequestAttemptError::UnableToAllocStreamId
+            )
+    )
 }
 
 fn db_error_is_transient(err: &DbError) -> bool {
@@ -683,7 +706,11 @@ struct Statements {
 }
 
 pub struct CassandraStore {
-    session: Arc<Session>,
+    /// Replaced by [`CassandraStore::reconnect`] when its connections died.
+    session: std::sync::RwLock<Arc<Session>>,
+    /// One reconnection at a time; when it last failed.
+    reconnecting: tokio::sync::Mutex<Option<std::time::Instant>>,
+    cfg: CassandraConfig,
     st: Statements,
     /// A foreign-id mapping whose activity is missing is taken over only when it is older than
     /// this: younger, the request that claimed it may still be writing the activity.
@@ -748,15 +775,50 @@ impl CassandraStore {
         // is not refused for long.
         let claim_grace = (cfg.request_timeout * 6).max(Duration::from_secs(10));
         Ok(CassandraStore {
-            session,
+            session: std::sync::RwLock::new(session),
+            reconnecting: tokio::sync::Mutex::new(None),
+            cfg: cfg.clone(),
             st,
             claim_grace,
         })
     }
 
-    /// The session the store runs on.
-    pub fn session(&self) -> &Arc<Session> {
-        &self.session
+    /// The session the store runs on now.
+    pub fn session(&self) -> Arc<Session> {
+        self.session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces a session whose connections died (a Lambda environment thawed after a freeze, a
+    /// restarted node) with a new one, unless another request already did, or failed to within
+    /// the last second (then the cluster is down, and the caller answers `503`).
+    async fn reconnect(
+        &self,
+        op: &str,
+        failed: &Arc<Session>,
+        cause: &ExecutionError,
+    ) -> Result<(), StoreError> {
+        let mut last_failure = self.reconnecting.lock().await;
+        if !Arc::ptr_eq(&self.session(), failed) {
+            return Ok(());
+        }
+        if last_failure.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return Err(store_error(op, cause.clone()));
+        }
+        tracing::warn!(op, error = %cause, "Cassandra connection lost: reconnecting");
+        match connect(&self.cfg).await {
+            Ok(fresh) => {
+                *self.session.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                *last_failure = None;
+                Ok(())
+            }
+            Err(e) => {
+                *last_failure = Some(std::time::Instant::now());
+                Err(e)
+            }
+        }
     }
 
     async fn execute(
@@ -765,10 +827,18 @@ impl CassandraStore {
         statement: &PreparedStatement,
         values: impl SerializeRow,
     ) -> Result<QueryResult, StoreError> {
-        self.session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(|e| store_error(op, e))
+        let session = self.session();
+        match session.execute_unpaged(statement, &values).await {
+            // An idempotent statement gets one more try on a fresh session.
+            Err(e) if statement.get_is_idempotent() && connection_lost(&e) => {
+                self.reconnect(op, &session, &e).await?;
+                self.session()
+                    .execute_unpaged(statement, &values)
+                    .await
+                    .map_err(|e| store_error(op, e))
+            }
+            result => result.map_err(|e| store_error(op, e)),
+        }
     }
 
     /// At most one row, by primary key.
@@ -801,11 +871,20 @@ impl CassandraStore {
         let mut out = Vec::new();
         let mut paging = PagingState::start();
         while out.len() < limit {
-            let (result, next) = self
-                .session
-                .execute_single_page(statement, &values, paging)
+            let session = self.session();
+            let (result, next) = match session
+                .execute_single_page(statement, &values, paging.clone())
                 .await
-                .map_err(|e| store_error(op, e))?;
+            {
+                Err(e) if statement.get_is_idempotent() && connection_lost(&e) => {
+                    self.reconnect(op, &session, &e).await?;
+                    self.session()
+                        .execute_single_page(statement, &values, paging)
+                        .await
+                }
+                result => result,
+            }
+            .map_err(|e| store_error(op, e))?;
             let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
             for row in rows.rows::<R>().map_err(|e| store_error(op, e))? {
                 out.push(row.map_err(|e| store_error(op, e))?);

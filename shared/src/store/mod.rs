@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use crate::model::{Activity, FollowEdge, Relation};
 
 pub mod cassandra;
+pub mod sigv4;
 pub mod sqlite;
+pub mod tls;
 
 #[cfg(test)]
 pub mod conformance;
