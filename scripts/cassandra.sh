@@ -96,6 +96,14 @@ start() {
       rm -rf "$HOME_DIR/data"
     fi
     mkdir -p "$HOME_DIR/data" "$HOME_DIR/triggers" "$LOGS"
+    # A yaml with client_encryption_options (etc/cassandra.yaml: optional TLS on the same port)
+    # gets the test key and certificate for cassandra.test.local, made here on first use.
+    local tls=()
+    if grep -q '^client_encryption_options:' "$YAML"; then
+      bash "$ROOT/scripts/tls-test-certs.sh" "$STATE/tls"
+      tls=(-Dcassandra.config.allow_system_properties=true
+        "-Dcassandra.settings.client_encryption_options.keystore=$STATE/tls/server-keystore.pem")
+    fi
     log "starting Cassandra ($(basename "$(ls "$LIB"/cassandra-all-*.jar)" .jar), yaml $YAML)"
     local jvm=(
       -Xms1G -Xmx1G
@@ -151,7 +159,7 @@ start() {
     # setsid: its own session, so the caller's Ctrl-C or process-group cleanup leaves it running.
     # FEEDS_CASSANDRA_JVM_OPTS: extra JVM flags (word-split), e.g. to try another heap size.
     # shellcheck disable=SC2206
-    jvm+=(${FEEDS_CASSANDRA_JVM_OPTS:-})
+    jvm+=("${tls[@]}" ${FEEDS_CASSANDRA_JVM_OPTS:-})
     setsid nohup java "${jvm[@]}" -cp "$LIB/*" org.apache.cassandra.service.CassandraDaemon \
       >"$LOGS/stdout.log" 2>&1 </dev/null &
     pid=$!

@@ -6,10 +6,12 @@
 //! `$FEEDS_STATE_DIR/tls`, default `.local/tls`, the directory `scripts/cassandra.sh` serves them
 //! from). Two kinds of server:
 //! - the real Cassandra with client encryption on (`FEEDS_CASSANDRA_TLS_TEST_NODE`, default the
-//!   first of `FEEDS_CASSANDRA_NODES`, default `127.0.0.1:9042`), serving the good certificate;
-//! - a TLS-terminating proxy started by the test on `127.0.0.1:<any>`, serving a chosen (wrong-name,
-//!   unknown-CA, expired, or good) certificate and forwarding plain CQL to the first of
-//!   `FEEDS_CASSANDRA_NODES` (Cassandra's optional encryption takes plain connections too).
+//!   first of `FEEDS_CASSANDRA_NODES`, default `127.0.0.1:9042`), serving the good certificate:
+//!   the Java TLS stack against the driver's;
+//! - a TLS-terminating proxy started by the test on `127.0.0.1:<any>`, serving a chosen (good,
+//!   wrong-name, unknown-CA or expired) certificate and forwarding plain CQL to the first of
+//!   `FEEDS_CASSANDRA_NODES` (Cassandra's optional encryption takes plain connections too): the
+//!   refusals, each with a control through the same proxy that succeeds.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -105,7 +107,10 @@ async fn refusal(cfg: &CassandraConfig) -> String {
             cfg.nodes[0],
             cfg.tls.as_ref().map(|t| &t.server_name)
         ),
-        Err(StoreError::Unavailable(text) | StoreError::Internal(text)) => text,
+        Err(StoreError::Unavailable(text) | StoreError::Internal(text)) => {
+            assert!(text.contains("TLS certificate check failed: "), "{text}");
+            text
+        }
     }
 }
 
@@ -191,7 +196,12 @@ async fn the_right_name_connects_through_the_tls_proxy() {
 
 #[tokio::test]
 async fn a_wrong_configured_name_is_refused() {
-    let cfg = config(tls_node(), "wrong-name.test.local", certs().join("ca.pem"));
+    let proxy = tls_proxy("server").await;
+    let cfg = config(
+        proxy.to_string(),
+        "wrong-name.test.local",
+        certs().join("ca.pem"),
+    );
     let text = refusal(&cfg).await;
     assert!(
         text.contains(
@@ -228,7 +238,8 @@ async fn a_certificate_from_an_unknown_ca_is_refused() {
 #[tokio::test]
 async fn the_bundled_amazon_roots_refuse_a_private_ca() {
     // The default trust (no CA file) is Amazon's roots only.
-    let mut cfg = config(tls_node(), NAME, PathBuf::new());
+    let proxy = tls_proxy("server").await;
+    let mut cfg = config(proxy.to_string(), NAME, PathBuf::new());
     cfg.tls.as_mut().unwrap().ca_file = None;
     let text = refusal(&cfg).await;
     assert!(

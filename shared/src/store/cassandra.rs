@@ -67,6 +67,9 @@ pub struct CassandraConfig {
     /// TLS towards the nodes (`None`: plain TCP): `FEEDS_CASSANDRA_TLS*`, see
     /// [`TlsSettings::from_lookup`](super::tls::TlsSettings::from_lookup).
     pub tls: Option<super::tls::TlsSettings>,
+    /// Amazon Keyspaces' SigV4 authentication in this region, with credentials from the standard
+    /// AWS chain (`FEEDS_CASSANDRA_AUTH=sigv4`); `None`: user name and password, or nothing.
+    pub sigv4_region: Option<String>,
 }
 
 impl Default for CassandraConfig {
@@ -80,6 +83,7 @@ impl Default for CassandraConfig {
             request_timeout: Duration::from_millis(5000),
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
             tls: None,
+            sigv4_region: None,
         }
     }
 }
@@ -129,6 +133,24 @@ impl CassandraConfig {
         let replication = get("FEEDS_CASSANDRA_REPLICATION").unwrap_or(defaults.replication);
         check_replication("FEEDS_CASSANDRA_REPLICATION", &replication)?;
         let tls = super::tls::TlsSettings::from_lookup(&lookup, &nodes)?;
+        let sigv4_region = match get("FEEDS_CASSANDRA_AUTH").as_deref() {
+            None | Some("password") | Some("none") => None,
+            Some("sigv4") => Some(
+                get("FEEDS_CASSANDRA_SIGV4_REGION")
+                    .or_else(|| get("AWS_REGION"))
+                    .ok_or_else(|| {
+                        config_error(
+                            "FEEDS_CASSANDRA_AUTH=sigv4 needs FEEDS_CASSANDRA_SIGV4_REGION or AWS_REGION"
+                                .to_owned(),
+                        )
+                    })?,
+            ),
+            Some(other) => {
+                return Err(config_error(format!(
+                    "FEEDS_CASSANDRA_AUTH must be sigv4, password or none, not {other:?}"
+                )))
+            }
+        };
         Ok(CassandraConfig {
             nodes,
             keyspace,
@@ -144,6 +166,7 @@ impl CassandraConfig {
             )?,
             replication,
             tls,
+            sigv4_region,
         })
     }
 
@@ -220,7 +243,17 @@ pub async fn connect(cfg: &CassandraConfig) -> Result<Session, StoreError> {
     if let Some(tls) = &cfg.tls {
         builder = builder.tls_context(Some(tls.client_config()?));
     }
-    if let Some(username) = &cfg.username {
+    // One authenticator slot: SigV4 (Amazon Keyspaces with IAM) or user name and password.
+    if let Some(region) = &cfg.sigv4_region {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let credentials = sdk.credentials_provider().ok_or_else(|| {
+            config_error("SigV4: no AWS credentials provider is configured".to_owned())
+        })?;
+        builder = builder.authenticator_provider(Arc::new(super::sigv4::SigV4AuthProvider::new(
+            region,
+            credentials,
+        )));
+    } else if let Some(username) = &cfg.username {
         builder = builder.user(username, cfg.password.as_deref().unwrap_or_default());
     }
     builder

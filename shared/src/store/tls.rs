@@ -6,7 +6,8 @@
 //! configured CAs and the configured DNS name, whatever address the driver connected to; an error
 //! says which check failed (name, unknown CA, expiry).
 //!
-//! rustls sends no SNI for an IP address, so none goes out: Keyspaces does not need it.
+//! The driver gives rustls only the dialed IP address, and rustls sends no SNI for an address, so
+//! the handshake carries no SNI; the name is checked on the certificate instead.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -252,14 +253,15 @@ struct Refused(String);
 
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "TLS certificate check failed: {}", self.0)
     }
 }
 
 impl std::error::Error for Refused {}
 
-/// Rewrites rustls' name, issuer and validity errors into messages that say which check failed;
-/// other errors pass unchanged.
+/// Rewrites rustls' name, issuer and validity errors into messages that say which check failed
+/// (as [`rustls::Error::Other`]: rustls prints a `CertificateError::Other` by its `Debug`); other
+/// errors pass unchanged.
 fn explain(err: rustls::Error, name: &ServerName<'_>) -> rustls::Error {
     let rustls::Error::InvalidCertificate(cert_err) = &err else {
         return err;
@@ -296,9 +298,7 @@ fn explain(err: rustls::Error, name: &ServerName<'_>) -> rustls::Error {
         ),
         _ => return err,
     };
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refused(
-        message,
-    )))))
+    rustls::Error::Other(OtherError(Arc::new(Refused(message))))
 }
 
 /// `DnsName("a.example")` → `a.example`, `IpAddress(10.0.0.1)` → `10.0.0.1` (webpki's spelling).
@@ -437,11 +437,10 @@ mod tests {
             expected: name.to_owned(),
             presented: vec!["DnsName(\"wrong.test.local\")".to_owned()],
         });
-        assert!(
-            wrong.contains(
-                "certificate is not valid for cassandra.test.local (it is valid for wrong.test.local)"
-            ),
-            "{wrong}"
+        assert_eq!(
+            wrong,
+            "other error: TLS certificate check failed: certificate is not valid for \
+             cassandra.test.local (it is valid for wrong.test.local)"
         );
         let unknown = text(CertificateError::UnknownIssuer);
         assert!(unknown.contains("not signed by a trusted CA"), "{unknown}");
