@@ -172,8 +172,8 @@ impl AuthConfig {
     /// Reads `FEEDS_JWT_PUBLIC_KEY_FILE` (path to PEM), `FEEDS_JWT_PUBLIC_KEY` (PEM text),
     /// `FEEDS_JWKS_FILE` (path), `FEEDS_JWKS` (JSON text), `FEEDS_JWT_ISSUER`,
     /// `FEEDS_JWT_AUDIENCE` and `FEEDS_JWT_LEEWAY_SECS`. With none of the key variables set, falls
-    /// back to the committed development key and logs a warning. A key variable that is set but
-    /// empty is an error.
+    /// back to the committed development key and logs a warning, except in Lambda, where it is an
+    /// error. An empty variable counts as unset.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| match std::env::var(name) {
             Ok(value) => Ok(Some(value)),
@@ -198,6 +198,11 @@ impl AuthConfig {
             keys_from_jwks(json, origin)?;
         }
         let (public_key_pem, jwks_json) = match (public_key, jwks) {
+            // In Lambda a deployment without a key is refused: the development key would let
+            // anyone mint tokens.
+            (None, None) if lookup("AWS_LAMBDA_FUNCTION_NAME")?.is_some() => {
+                return Err(ConfigError::NoKey);
+            }
             (None, None) => {
                 tracing::warn!(
                     "none of {ENV_PUBLIC_KEY_FILE}, {ENV_PUBLIC_KEY}, {ENV_JWKS_FILE}, {ENV_JWKS} \
@@ -231,25 +236,20 @@ fn read_source(
     file_var: &'static str,
     text_var: &'static str,
 ) -> Result<Option<(String, String)>, ConfigError> {
-    // An empty key variable is a deployment mistake; falling back to the development key would hide it.
-    let is_empty = |name| ConfigError::InvalidValue {
-        name,
-        reason: "is set but empty".to_owned(),
+    // Empty counts as unset: CloudFormation passes an unused parameter as "".
+    let set = |name| -> Result<Option<String>, ConfigError> {
+        Ok(lookup(name)?.filter(|v| !v.trim().is_empty()))
     };
-    match (lookup(file_var)?, lookup(text_var)?) {
+    match (set(file_var)?, set(text_var)?) {
         (Some(_), Some(_)) => Err(ConfigError::Conflict(file_var, text_var)),
         (Some(path), None) => {
             let path = path.trim();
-            if path.is_empty() {
-                return Err(is_empty(file_var));
-            }
             let origin = format!("{file_var} ({path})");
             match std::fs::read_to_string(path) {
                 Ok(text) => Ok(Some((text, origin))),
                 Err(source) => Err(ConfigError::Read { origin, source }),
             }
         }
-        (None, Some(text)) if text.trim().is_empty() => Err(is_empty(text_var)),
         (None, Some(text)) => Ok(Some((text, text_var.to_owned()))),
         (None, None) => Ok(None),
     }
@@ -1467,8 +1467,8 @@ mod tests {
                 "cannot read FEEDS_JWT_PUBLIC_KEY_FILE (/nonexistent/feeds/key.pem)",
             ),
             (
-                &[(ENV_PUBLIC_KEY, "  ")],
-                "FEEDS_JWT_PUBLIC_KEY: is set but empty",
+                &[(ENV_PUBLIC_KEY, "  "), ("AWS_LAMBDA_FUNCTION_NAME", "follow")],
+                "no verification key configured",
             ),
             (
                 &[(ENV_PUBLIC_KEY, DEV_PRIVATE_KEY_PEM)],
