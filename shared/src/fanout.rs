@@ -129,14 +129,17 @@ impl Fanout {
                 }
                 match activity {
                     Some(activity) => {
-                        let entries: Vec<TimelineEntry> = followers
-                            .into_iter()
-                            .map(|r| TimelineEntry {
-                                owner: r.user,
+                        let owners: Vec<String> = followers.into_iter().map(|r| r.user).collect();
+                        let entries: Vec<TimelineEntry> = owners
+                            .iter()
+                            .map(|owner| TimelineEntry {
+                                owner: owner.clone(),
                                 activity: activity.clone(),
                             })
                             .collect();
                         self.store.insert_timeline(&entries).await?;
+                        self.purge_unfollowed(actor, after.as_deref(), owners)
+                            .await?;
                     }
                     None => {
                         let rows: Vec<(String, String)> = followers
@@ -164,6 +167,17 @@ impl Fanout {
                     })
                     .collect();
                 self.store.insert_timeline(&entries).await?;
+                // An unfollow whose purge ran between the check above and this write left rows
+                // that no purge will see: purge again.
+                if !entries.is_empty() && !self.store.is_following(follower, followee).await? {
+                    self.queue
+                        .send(&[FanoutJob::Purge {
+                            follower: follower.clone(),
+                            followee: followee.clone(),
+                            before: None,
+                        }])
+                        .await?;
+                }
             }
             FanoutJob::Purge {
                 follower,
@@ -197,7 +211,53 @@ impl Fanout {
                     .map(|a| (follower.clone(), a.id))
                     .collect();
                 self.store.delete_timeline(&rows).await?;
+                // A follow again whose backfill ran between the check above and this delete lost
+                // its rows: backfill again.
+                if !rows.is_empty() && self.store.is_following(follower, followee).await? {
+                    self.queue
+                        .send(&[FanoutJob::Backfill {
+                            follower: follower.clone(),
+                            followee: followee.clone(),
+                        }])
+                        .await?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// After a delivery wrote to `owners`, the followers of `followee` it read after `after`:
+    /// enqueues a purge for each who has unfollowed since, whose own purge may have run before the
+    /// write and missed its row. One page read; an edge check only for those no longer on it.
+    async fn purge_unfollowed(
+        &self,
+        followee: &str,
+        after: Option<&str>,
+        owners: Vec<String>,
+    ) -> Result<(), FanoutError> {
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let still: std::collections::HashSet<String> = self
+            .store
+            .followers(followee, after, self.settings.chunk_size)
+            .await?
+            .into_iter()
+            .map(|r| r.user)
+            .collect();
+        let mut purges = Vec::new();
+        for owner in owners.into_iter().filter(|o| !still.contains(o)) {
+            // Off the page: unfollowed, or pushed past its end by new followers.
+            if !self.store.is_following(&owner, followee).await? {
+                purges.push(FanoutJob::Purge {
+                    follower: owner,
+                    followee: followee.to_owned(),
+                    before: None,
+                });
+            }
+        }
+        if !purges.is_empty() {
+            self.queue.send(&purges).await?;
         }
         Ok(())
     }

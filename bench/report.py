@@ -1,0 +1,612 @@
+#!/usr/bin/env python3
+"""Turns the benchmark's JSON (ours.json, peer.json, env.json in --results) into PNG plots beside
+them, prints the tables, and writes them into the generated part of --markdown (between the
+`results:begin` and `results:end` markers; the rest of the file, the notes, is kept)."""
+
+import argparse
+import json
+import math
+import re
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+BEGIN = "<!-- results:begin (written by bench/report.py from bench/results/*.json) -->"
+END = "<!-- results:end -->"
+
+TARGET_FANOUT_RATIO = 0.70
+TARGET_READ_RATIO = 1.3
+TARGET_PEER_RATIO = 10.0
+TARGET_INIT_MS = 30.0
+TARGET_BOOTSTRAP_BYTES = 10_000_000
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def fmt(x, digits=None):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if digits is not None:
+        return f"{x:,.{digits}f}"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:,.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def spread(s, digits=None):
+    """median [min–max]"""
+    return f"{fmt(s['median'], digits)} [{fmt(s['min'], digits)}–{fmt(s['max'], digits)}]"
+
+
+def verdict(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--markdown", required=True)
+    ap.add_argument("--seconds", type=int, default=None)
+    args = ap.parse_args()
+    res = args.results
+    ours = load(os.path.join(res, "ours.json")) or {}
+    peer = load(os.path.join(res, "peer.json"))
+    env = load(os.path.join(res, "env.json")) or {}
+    tiny = ours.get("meta", {}).get("size") == "tiny"
+    sections = {}
+
+    def sec(key):
+        return sections.setdefault(key, [])
+
+    targets = []
+
+    # ---- machine
+    md = sec("0")
+    md.append("## Machine and run\n")
+    md.append(
+        table(
+            ["", ""],
+            [
+                ["date", env.get("date", "—")],
+                ["command", f"`{env.get('command', 'scripts/bench.sh')}`"],
+                ["size", ours.get("meta", {}).get("size", "—")],
+                ["CPU", f"{env.get('cpu', '—')} × {env.get('nproc', '—')} (nproc)"],
+                ["memory", env.get("memory", "—")],
+                ["kernel", env.get("kernel", "—")],
+                ["load before", f"`{env.get('load_before', '—')}`"],
+                ["load after", f"`{env.get('load_after', '—')}`"],
+                [
+                    "Cassandra",
+                    f"{env.get('cassandra', '—')}, one node on 127.0.0.1:9042, JIT "
+                    f"`{env.get('cassandra_jit', '—')}`"
+                    + (" (started by the benchmark)" if env.get("cassandra_started_by_bench") else " (already running: shared with other work)"),
+                ],
+                ["ElasticMQ", env.get("elasticmq", "—")],
+                ["JDK", env.get("java", "—")],
+                ["Rust", env.get("rustc", "—")],
+                ["build", f"{env.get('build', '—')}, {env.get('build_seconds', '—')} s"],
+                ["commit", env.get("git", "—")],
+                ["wall time", f"{args.seconds} s" if args.seconds is not None else "—"],
+            ],
+        )
+    )
+    md.append(
+        "\nEvery figure is the median of repeated runs, with [min–max] over the runs. Rates are "
+        "rows (or requests) per second; latencies in milliseconds.\n"
+    )
+
+    # ---- 1. fan-out
+    fan = ours.get("fanout", [])
+    peer_fan = {f["followers"]: f for f in (peer or {}).get("fanout", [])}
+    if fan:
+        md = sec("1")
+        m = ours.get("meta", {})
+        md.append("## 1. Fan-out rate (Cassandra)\n")
+        md.append(
+            f"One activity to N followers through the Lambda code path: one `deliver` job sent to a "
+            f"fresh ElasticMQ queue, {m.get('fanout_consumers')} concurrent consumers (as concurrent "
+            f"Lambda invocations, each with its own Cassandra session and SQS client) running "
+            f"receive → `Fanout::handle_sqs_event` → delete, chunks of {m.get('fanout_chunk_size')} "
+            f"followers; rate = N / (job sent → last chunk's rows acknowledged). Raw ceiling: the same "
+            f"rows, the same prepared single-row `INSERT` on the same table through the same driver, "
+            f"at concurrency {', '.join(map(str, m.get('write_concurrencies', [])))}; the best is "
+            f"shown.\n"
+        )
+        rows = []
+        for f in fan:
+            ok = f["ratio"] >= TARGET_FANOUT_RATIO
+            rows.append(
+                [
+                    f"{f['followers']:,}",
+                    f["reps"],
+                    spread(f["fanout_rows_per_s"], 0),
+                    spread(f["ceiling_rows_per_s"], 0),
+                    f["ceiling_best_setting"],
+                    f"{f['ratio']:.2f}",
+                    f"{verdict(ok)} (target ≥ {TARGET_FANOUT_RATIO:.2f})",
+                ]
+            )
+            targets.append(
+                (
+                    f"fan-out ≥ 70 % of the raw write ceiling, N = {f['followers']:,}",
+                    f"{f['ratio'] * 100:.0f} %",
+                    ok,
+                )
+            )
+        md.append(
+            table(
+                ["N", "runs", "fan-out rows/s", "raw ceiling rows/s", "best ceiling", "fan-out / ceiling", "target"],
+                rows,
+            )
+        )
+        detail = []
+        for f in fan:
+            detail.append(
+                [f"{f['followers']:,}"]
+                + [spread(s, 0) for s in f["ceiling_by_setting"].values()]
+                + [spread(f["fanout_wall_s"]), f["jobs_per_fanout"], f["failed_messages"]]
+            )
+        md.append("\nRaw ceiling at each concurrency, and the fan-out's wall time:\n")
+        md.append(
+            table(
+                ["N"] + list(fan[0]["ceiling_by_setting"].keys()) + ["fan-out wall s", "jobs", "failed messages"],
+                detail,
+            )
+        )
+        procs = list(fan[0].get("fanout_cpu_ms_per_1k_rows", {}).keys())
+        if procs:
+            md.append(
+                "\nWhere the CPU goes (both cores are shared by all of these): CPU milliseconds per "
+                "1,000 rows, fan-out | best raw ceiling. `feeds-bench` holds the Lambda-like "
+                "consumers (fan-out) or the raw driver (ceiling).\n"
+            )
+            md.append(
+                table(
+                    ["N"] + procs + ["total"],
+                    [
+                        [f"{f['followers']:,}"]
+                        + [
+                            f"{fmt(f['fanout_cpu_ms_per_1k_rows'].get(p))} | {fmt(f['ceiling_cpu_ms_per_1k_rows'].get(p))}"
+                            for p in procs
+                        ]
+                        + [
+                            f"{fmt(sum(f['fanout_cpu_ms_per_1k_rows'].values()))} | "
+                            f"{fmt(sum(f['ceiling_cpu_ms_per_1k_rows'].values()))}"
+                        ]
+                        for f in fan
+                    ],
+                )
+            )
+        md.append("\n![fan-out](bench/results/fanout.png)\n" if not tiny else "")
+
+    # ---- 4. peer
+    md = sec("4")
+    md.append("## 4. Stream-Framework 1.4.0, the peer\n")
+    if peer is None:
+        md.append("skipped (tiny)\n" if tiny else "not run\n")
+    else:
+        pm = peer.get("meta", {})
+        md.append(
+            f"{pm.get('package')} on Python {pm.get('python')}, cassandra-driver "
+            f"{pm.get('cassandra_driver')}, Celery {pm.get('celery')}, on the same Cassandra "
+            f"(keyspace `{pm.get('keyspace')}`, tables made by cqlengine `sync_table` from the "
+            f"package's models: {fmt(pm.get('schema_setup_s'))} s).\n"
+        )
+        md.append("As shipped, it does not run here:\n")
+        for name, f in peer.get("findings", {}).items():
+            if f["ok"]:
+                md.append(f"- {f['what']}: works")
+                continue
+            lines = [
+                re.sub(r'"[^"]*/site-packages/', '"site-packages/', l.rstrip())
+                for l in f["error"].strip().splitlines()
+            ][-4:]
+            md.append(f"- {f['what']}:\n\n  ```\n" + "\n".join("  " + l for l in lines) + "\n  ```")
+        md.append("\nSo the benchmark runs it with these workarounds, in its own process only:\n")
+        for w in pm.get("workarounds", []):
+            md.append(f"- {w}")
+        md.append("")
+        rows = []
+        for f in fan:
+            p = peer_fan.get(f["followers"])
+            estimated = False
+            if not p:
+                smaller = [n for n in peer_fan if n < f["followers"]]
+                if not smaller:
+                    continue
+                p, estimated = peer_fan[max(smaller)], True
+            r = f["fanout_rows_per_s"]["median"] / p["fanout_rows_per_s"]["median"]
+            ok = r >= TARGET_PEER_RATIO
+            theirs = f"{spread(p['fanout_rows_per_s'], 0)} (n={p['reps']})"
+            if estimated:
+                theirs = f"not run; its rate at N = {p['followers']:,}: {theirs}"
+            rows.append(
+                [
+                    f"{f['followers']:,}",
+                    spread(f["fanout_rows_per_s"], 0),
+                    theirs,
+                    f"{r:.1f}×" + (" (est.)" if estimated else ""),
+                    f"{verdict(ok)} (target ≥ {TARGET_PEER_RATIO:.0f}×)",
+                ]
+            )
+            targets.append(
+                (
+                    f"≥ 10× Stream-Framework's fan-out rate, N = {f['followers']:,}",
+                    f"{r:.1f}×" + (f" (estimated from its N = {p['followers']:,} rate)" if estimated else ""),
+                    ok,
+                )
+            )
+        md.append("Fan-out (rows/s), ours as in 1:\n")
+        md.append(table(["N", "ours", "Stream-Framework", "ours / theirs", "target"], rows))
+        md.append(
+            "\nReads: `feed[:25]` on its `CassandraFeed` (flat) and `CassandraAggregatedFeed` "
+            "(groups by verb and day, precomputed on write), called in-process from Python threads "
+            "(it has no HTTP layer); ours through the HTTP server as in 3.\n"
+        )
+
+    # ---- 3. reads
+    def reads_section(reads, store, peer_reads=None):
+        by = {(r["endpoint"], r["concurrency"]): r for r in reads}
+        pby = {(r["endpoint"], r["concurrency"]): r for r in (peer_reads or [])}
+        rows = []
+        for (endpoint, c), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if endpoint == "raw":
+                continue
+            raw = by.get(("raw", c))
+            ratio = r["p50_ms"]["median"] / raw["p50_ms"]["median"] if raw else float("nan")
+            ok = ratio <= TARGET_READ_RATIO
+            row = [
+                endpoint,
+                c,
+                spread(r["rps"], 0),
+                spread(r["p50_ms"]),
+                spread(r["p99_ms"]),
+                spread(raw["rps"], 0) if raw else "—",
+                spread(raw["p50_ms"]) if raw else "—",
+                spread(raw["p99_ms"]) if raw else "—",
+                f"{ratio:.2f}×",
+                verdict(ok),
+            ]
+            if peer_reads is not None:
+                p = pby.get((endpoint, c))
+                row += (
+                    [spread(p["rps"], 0), spread(p["p50_ms"]), f"{r['rps']['median'] / p['rps']['median']:.1f}×"]
+                    if p
+                    else ["—", "—", "—"]
+                )
+            rows.append(row)
+            targets.append(
+                (f"read p50 ≤ 1.3× the raw read, {store} {endpoint}, concurrency {c}", f"{ratio:.2f}×", ok)
+            )
+        header = [
+            "endpoint",
+            "conc.",
+            "req/s",
+            "p50",
+            "p99",
+            "raw req/s",
+            "raw p50",
+            "raw p99",
+            "p50 / raw p50",
+            "target ≤ 1.3×",
+        ]
+        if peer_reads is not None:
+            header += ["Stream-Framework req/s", "its p50", "ours / theirs req/s"]
+        out = table(header, rows)
+        procs = sorted({p for r in reads for p in r.get("cpu_ms_per_request", {})})
+        if procs:
+            out += "\n\nCPU milliseconds per request, by process (the server's own is `feeds-server`):\n\n"
+            out += table(
+                ["endpoint", "conc."] + procs,
+                [
+                    [r["endpoint"], r["concurrency"]] + [fmt(r["cpu_ms_per_request"].get(p)) for p in procs]
+                    for r in sorted(reads, key=lambda r: (r["concurrency"], r["endpoint"]))
+                ],
+            )
+        return out
+
+    reads = ours.get("reads", [])
+    if reads:
+        md = sec("3")
+        m = ours.get("meta", {})
+        md.append("## 3. Feed reads (Cassandra)\n")
+        md.append(
+            f"`GET /feeds/flat?limit=25` and `GET /feeds/aggregated?limit=25` through the standalone "
+            f"server (release binary, `FEEDS_STORE=cassandra FEEDS_QUEUE=sqs`), closed loop at each "
+            f"concurrency, HTTP/1.1 keep-alive; the reader's timeline holds "
+            f"{m.get('reader_timeline_rows')} activities over 30 days (3 verbs a day, so 25 groups "
+            f"span 9 days). Raw: the same driver reading the same 25 rows from the same partition "
+            f"(prepared `SELECT … LIMIT 25`, rows deserialised), at the same concurrency.\n"
+        )
+        md.append(reads_section(reads, "cassandra", (peer or {}).get("reads") if peer else None))
+        md.append("\n![reads](bench/results/reads.png)\n" if not tiny else "")
+
+    # ---- 2. delivery
+    dl = ours.get("delivery", [])
+    if dl:
+        md = sec("2")
+        md.append("## 2. Delivery latency (Cassandra + SQS)\n")
+        md.append(
+            "From the `201` of `POST /activities` (the post-activity function's router, served "
+            "over HTTP) to the moment the last chunk's rows are acknowledged, after which the last "
+            "follower's feed shows the activity (checked by reading it); fan-out by the same "
+            "Lambda-like consumers as in 1. Posts one after another.\n"
+        )
+        md.append(
+            table(
+                ["followers", "posts", "p50 ms", "p99 ms", "min–max ms", "IQR ms", "POST itself p50 ms"],
+                [
+                    [
+                        f"{d['followers']:,}",
+                        d["posts"],
+                        fmt(d["p50_ms"]),
+                        fmt(d["p99_ms"]),
+                        f"{fmt(d['latency_ms']['min'])}–{fmt(d['latency_ms']['max'])}",
+                        f"{fmt(d['latency_ms']['q1'])}–{fmt(d['latency_ms']['q3'])}",
+                        fmt(d["post_ms"]["median"]),
+                    ]
+                    for d in dl
+                ],
+            )
+        )
+        md.append("\n![delivery](bench/results/delivery.png)\n" if not tiny else "")
+
+    # ---- 5. embedded
+    sf = ours.get("sqlite_fanout", [])
+    sr = ours.get("sqlite_reads", [])
+    if sf or sr:
+        md = sec("5")
+        md.append("## 5. Embedded default (SQLite)\n")
+        md.append(
+            "Fan-out through the embedded queue in the same SQLite file, one worker running the "
+            "loop of `Fanout::work_embedded` (as the standalone server does); ceiling: the store's "
+            "own `INSERT` for the same rows through rusqlite on the same connection wrapper, 500 "
+            "rows a transaction or all in one, the best shown. Reads through the standalone server "
+            "on its default store; raw: the same 25-row `SELECT` through the same wrapper.\n"
+        )
+        rows = []
+        for f in sf:
+            ok = f["ratio"] >= TARGET_FANOUT_RATIO
+            rows.append(
+                [
+                    f"{f['followers']:,}",
+                    f["reps"],
+                    spread(f["fanout_rows_per_s"], 0),
+                    spread(f["ceiling_rows_per_s"], 0),
+                    f["ceiling_best_setting"],
+                    f"{f['ratio']:.2f}",
+                    verdict(ok),
+                ]
+            )
+            targets.append((f"SQLite fan-out ≥ 70 % of its ceiling, N = {f['followers']:,}", f"{f['ratio'] * 100:.0f} %", ok))
+        md.append(table(["N", "runs", "fan-out rows/s", "raw rows/s", "best raw", "ratio", "target ≥ 0.70"], rows))
+        md.append("")
+        md.append(reads_section(sr, "sqlite"))
+        md.append("")
+
+    # ---- 6. lambda
+    lam = ours.get("lambda", [])
+    boot = ours.get("bootstrap", [])
+    if lam:
+        md = sec("6")
+        md.append("## 6. Lambda costs\n")
+        md.append(
+            "Each function's release binary (x86_64, this machine) started as Lambda starts it, "
+            "against a Runtime API emulated by feeds-bench (`AWS_LAMBDA_RUNTIME_API`): "
+            "initialisation = process spawn → its first `GET …/invocation/next`; first event and "
+            "warm events (median of 10 per start) = event handed out → `…/response` received; peak "
+            "RSS = VmHWM. `embedded` = `FEEDS_STORE=sqlite FEEDS_QUEUE=embedded` (no database "
+            "connection: opens a fresh SQLite file); `cassandra+sqs` = connects to Cassandra and "
+            "prepares its statements during init. Events: `events/follow.json`, "
+            "`post-activity.json`, `get-feed-flat.json`, `fanout.json`.\n"
+        )
+        rows = []
+        for r in lam:
+            rows.append(
+                [
+                    r["function"],
+                    r["mode"],
+                    r["runs"],
+                    spread(r["init_ms"]),
+                    spread(r["first_event_ms"]),
+                    spread(r["warm_event_ms"]),
+                    spread(r["peak_rss_mib"]),
+                    f"{r['binary_bytes'] / 1e6:.1f}",
+                ]
+            )
+            if r["mode"] == "embedded":
+                ok = r["init_ms"]["median"] <= TARGET_INIT_MS
+                targets.append(
+                    (f"init ≤ 30 ms without the database connection, {r['function']}", f"{r['init_ms']['median']:.1f} ms", ok)
+                )
+        md.append(
+            table(
+                ["function", "mode", "starts", "init ms", "first event ms", "warm event ms", "peak RSS MiB", "x86_64 binary MB"],
+                rows,
+            )
+        )
+        md.append("\nBootstraps (arm64, `sam build`, `.aws-sam/build/*/bootstrap`):\n")
+        brows = []
+        for b in boot:
+            if b["bytes"] is None:
+                brows.append([b["function"], "not built (scripts/sam-check.sh builds it)", "—", "—"])
+                targets.append((f"bootstrap ≤ 10 MB, {b['function']}", "not built", None))
+            else:
+                ok = b["bytes"] <= TARGET_BOOTSTRAP_BYTES
+                brows.append([b["function"], f"{b['bytes'] / 1e6:.2f} MB ({b['bytes']:,} bytes)", b["modified"][:16].replace("T", " "), verdict(ok)])
+                targets.append((f"bootstrap ≤ 10 MB, {b['function']}", f"{b['bytes'] / 1e6:.2f} MB", ok))
+        md.append(table(["function", "size", "built (UTC)", "target ≤ 10 MB"], brows))
+        md.append("\n![lambda](bench/results/lambda.png)\n" if not tiny else "")
+
+    # ---- targets summary (first in the document)
+    summary = ["## Targets\n"]
+    summary.append(
+        table(
+            ["target", "measured", "verdict"],
+            [[t, m, "not measured" if ok is None else verdict(ok)] for t, m, ok in targets],
+        )
+    )
+    summary.append("")
+    body = [line for key in sorted(sections) for line in sections[key]]
+    text = "\n".join(summary + body)
+
+    plots(res, ours, peer)
+    print(text)
+    write_markdown(args.markdown, text, tiny)
+
+
+def write_markdown(path, text, tiny):
+    generated = f"{BEGIN}\n\n{text}\n{END}"
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = None
+    if old and BEGIN.split(" (")[0] in old and END in old:
+        head = old[: old.index(BEGIN.split(" (")[0])]
+        tail = old[old.index(END) + len(END) :]
+        new = head + generated + tail
+    else:
+        new = (
+            "# Benchmarks\n\n"
+            + ("Smoke check at tiny size: the numbers mean nothing.\n\n" if tiny else "")
+            + "`scripts/bench.sh` (full) or `scripts/bench.sh --tiny` (smoke check) writes this.\n\n"
+            + generated
+            + "\n"
+        )
+    with open(path, "w") as f:
+        f.write(new)
+
+
+def errbar(s):
+    return [[s["median"] - s["min"]], [s["max"] - s["median"]]]
+
+
+def plots(res, ours, peer):
+    fan = ours.get("fanout", [])
+    sf = {f["followers"]: f for f in ours.get("sqlite_fanout", [])}
+    pf = {f["followers"]: f for f in (peer or {}).get("fanout", [])}
+    if fan:
+        fig, ax = plt.subplots(figsize=(9, 5))
+        series = [
+            ("ours: fan-out (SQS → Lambda path)", lambda f: f["fanout_rows_per_s"]),
+            ("raw write ceiling (best concurrency)", lambda f: f["ceiling_rows_per_s"]),
+            ("Stream-Framework 1.4.0 (Cassandra)", lambda f: pf.get(f["followers"], {}).get("fanout_rows_per_s")),
+            ("ours on SQLite (embedded)", lambda f: sf.get(f["followers"], {}).get("fanout_rows_per_s")),
+        ]
+        width = 0.2
+        for k, (label, get) in enumerate(series):
+            xs, ys, errs = [], [[], []], []
+            for i, f in enumerate(fan):
+                s = get(f)
+                if not s:
+                    continue
+                xs.append(i + (k - 1.5) * width)
+                ys[0].append(s["median"])
+                e = errbar(s)
+                errs.append((e[0][0], e[1][0]))
+            if xs:
+                ax.bar(xs, ys[0], width, label=label, yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3)
+        ax.set_xticks(range(len(fan)))
+        ax.set_xticklabels([f"N = {f['followers']:,}" for f in fan])
+        ax.set_yscale("log")
+        ax.set_ylabel("feed rows written per second (log)")
+        ax.set_title("Fan-out of one activity to N followers (median, min–max)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(res, "fanout.png"), dpi=110)
+        plt.close(fig)
+
+    reads = ours.get("reads", [])
+    if reads:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        concs = sorted({r["concurrency"] for r in reads})
+        lines = [("flat", "ours flat (HTTP)"), ("aggregated", "ours aggregated (HTTP)"), ("raw", "raw 25-row read")]
+        for endpoint, label in lines:
+            rs = [next((r for r in reads if r["endpoint"] == endpoint and r["concurrency"] == c), None) for c in concs]
+            axes[0].plot(concs, [r["rps"]["median"] for r in rs], marker="o", label=label)
+            axes[1].plot(concs, [r["p50_ms"]["median"] for r in rs], marker="o", label=label)
+        for endpoint in ("flat", "aggregated"):
+            pr = [r for r in (peer or {}).get("reads", []) if r["endpoint"] == endpoint]
+            if pr:
+                pr.sort(key=lambda r: r["concurrency"])
+                axes[0].plot([r["concurrency"] for r in pr], [r["rps"]["median"] for r in pr], marker="x", linestyle="--", label=f"Stream-Framework {endpoint}")
+                axes[1].plot([r["concurrency"] for r in pr], [r["p50_ms"]["median"] for r in pr], marker="x", linestyle="--", label=f"Stream-Framework {endpoint}")
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(concs)
+            ax.set_xticklabels(concs)
+            ax.set_xlabel("concurrency")
+        axes[0].set_ylabel("requests/s (log)")
+        axes[1].set_ylabel("p50 ms (log)")
+        axes[0].set_title("Feed reads, limit=25: throughput")
+        axes[1].set_title("Feed reads, limit=25: median latency")
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(res, "reads.png"), dpi=110)
+        plt.close(fig)
+
+    dl = ours.get("delivery", [])
+    if dl:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labels = [f"{d['followers']:,} followers" for d in dl]
+        x = range(len(dl))
+        ax.bar([i - 0.2 for i in x], [d["p50_ms"] for d in dl], 0.4, label="p50")
+        ax.bar([i + 0.2 for i in x], [d["p99_ms"] for d in dl], 0.4, label="p99")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms from POST answered to last follower's feed (log)")
+        ax.set_title("Delivery latency")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(res, "delivery.png"), dpi=110)
+        plt.close(fig)
+
+    lam = ours.get("lambda", [])
+    if lam:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        fns = list(dict.fromkeys(r["function"] for r in lam))
+        modes = list(dict.fromkeys(r["mode"] for r in lam))
+        for k, mode in enumerate(modes):
+            rs = [next(r for r in lam if r["function"] == f and r["mode"] == mode) for f in fns]
+            xs = [i + (k - 0.5) * 0.4 for i in range(len(fns))]
+            axes[0].bar(xs, [r["init_ms"]["median"] for r in rs], 0.4, label=mode,
+                        yerr=[[r["init_ms"]["median"] - r["init_ms"]["min"] for r in rs], [r["init_ms"]["max"] - r["init_ms"]["median"] for r in rs]], capsize=3)
+            axes[1].bar(xs, [r["peak_rss_mib"]["median"] for r in rs], 0.4, label=mode)
+        axes[0].axhline(TARGET_INIT_MS, color="red", linestyle=":", label="target (embedded) 30 ms")
+        for ax in axes:
+            ax.set_xticks(range(len(fns)))
+            ax.set_xticklabels(fns)
+        axes[0].set_ylabel("initialisation ms")
+        axes[1].set_ylabel("peak RSS MiB")
+        axes[0].set_title("Process start → ready for the first event")
+        axes[1].set_title("Peak RSS after 11 events")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(res, "lambda.png"), dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

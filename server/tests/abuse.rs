@@ -1,0 +1,1074 @@
+//! Hostile and malformed requests against the real server binary on the embedded default, over
+//! HTTP: forged and broken tokens, every route as its owner, as another user, as a `feeds:admin`
+//! service and without a token, bodies over the limit, wrong content types, deep and huge JSON,
+//! and bad cursors and limits. Each is answered with the status API.md gives, as a JSON error, and
+//! changes nothing: every feed and list it could touch is read before and after.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use feeds::cursor::CursorCodec;
+use reqwest::header::HeaderValue;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The server's cursor secret, so that the tests can make cursors that are correctly signed.
+const CURSOR_SECRET: &str = "abuse test cursor secret";
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        Server::embedded("abuse", &[("FEEDS_CURSOR_SECRET", CURSOR_SECRET.into())]).0
+    })
+}
+
+fn api() -> Api {
+    Api::new(server())
+}
+
+/// Users in a small world: `you` follows `me`, `me` follows `third`; `me` and `third` have posted
+/// once each, and the fan-out has run.
+struct World {
+    me: String,
+    you: String,
+    third: String,
+    my_activity: String,
+    third_activity: String,
+}
+
+impl World {
+    async fn new(api: &Api, me: Option<&str>) -> World {
+        let me = me.map(str::to_owned).unwrap_or_else(|| unique("me"));
+        let (you, third) = (unique("you"), unique("third"));
+        assert_eq!(api.follow(&you, &me).await.status, StatusCode::CREATED);
+        assert_eq!(api.follow(&me, &third).await.status, StatusCode::CREATED);
+        let mine = api.post(&me, json!({"actor": me, "object": "mine"})).await;
+        assert_eq!(mine.status, StatusCode::CREATED, "{}", mine.body);
+        let theirs = api
+            .post(&third, json!({"actor": third, "object": "theirs"}))
+            .await;
+        let (my_activity, third_activity) = (
+            mine.body["id"].as_str().unwrap().to_owned(),
+            theirs.body["id"].as_str().unwrap().to_owned(),
+        );
+        eventually(
+            "the world's fan-out ran",
+            Duration::from_secs(30),
+            || async {
+                api.flat_ids(&you).await == [my_activity.clone()]
+                    && api.flat_ids(&me).await == [third_activity.clone()]
+            },
+        )
+        .await;
+        World {
+            me,
+            you,
+            third,
+            my_activity,
+            third_activity,
+        }
+    }
+
+    fn users(&self) -> Vec<&str> {
+        vec![&self.me, &self.you, &self.third]
+    }
+}
+
+/// Every feed and list of `users`, read in full.
+async fn snapshot(api: &Api, users: &[&str]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for u in users {
+        let t = token(u);
+        for path in [
+            "/feeds/flat".to_owned(),
+            format!("/feeds/user/{u}"),
+            format!("/users/{u}/followers"),
+            format!("/users/{u}/following"),
+        ] {
+            out.push(Value::Array(api.walk(&path, &t).await));
+        }
+        let aggregated = api.get("/feeds/aggregated?limit=100", &t).await;
+        assert_eq!(aggregated.status, StatusCode::OK);
+        out.push(aggregated.body);
+    }
+    out
+}
+
+/// Lets any fan-out a request may have caused run, then compares.
+async fn assert_unchanged(api: &Api, users: &[&str], before: &[Value], what: &str) {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        snapshot(api, users).await,
+        before,
+        "{what} changed stored data"
+    );
+}
+
+/// One request with full control of its headers.
+struct Call {
+    method: Method,
+    path: String,
+    authorization: Option<HeaderValue>,
+    content_type: Option<&'static str>,
+    body: Option<Vec<u8>>,
+}
+
+impl Call {
+    fn new(method: Method, path: impl Into<String>) -> Call {
+        Call {
+            method,
+            path: path.into(),
+            authorization: None,
+            content_type: None,
+            body: None,
+        }
+    }
+
+    fn bearer(mut self, token: &str) -> Call {
+        self.authorization = Some(HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        self
+    }
+
+    fn auth(mut self, value: Option<HeaderValue>) -> Call {
+        self.authorization = value;
+        self
+    }
+
+    fn json(mut self, body: &Value) -> Call {
+        self.content_type = Some("application/json");
+        self.body = Some(body.to_string().into_bytes());
+        self
+    }
+
+    fn raw(mut self, content_type: Option<&'static str>, body: impl Into<Vec<u8>>) -> Call {
+        self.content_type = content_type;
+        self.body = Some(body.into());
+        self
+    }
+
+    async fn send(self, api: &Api) -> Answer {
+        let mut req = api
+            .http
+            .request(self.method, format!("{}{}", api.base, self.path));
+        if let Some(a) = self.authorization {
+            req = req.header("authorization", a);
+        }
+        if let Some(ct) = self.content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(b) = self.body {
+            req = req.body(b);
+        }
+        answer(req.send().await.expect("request")).await
+    }
+}
+
+/// `{"error": {"code", "message"}}` with `status`.
+fn assert_error(answer: &Answer, status: StatusCode, what: &str) {
+    assert_eq!(answer.status, status, "{what}: answered {}", answer.body);
+    assert!(
+        answer.body["error"]["code"].is_string() && answer.body["error"]["message"].is_string(),
+        "{what}: not a JSON error: {}",
+        answer.body
+    );
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn far_future() -> i64 {
+    4_102_444_800 // 2100-01-01T00:00:00Z
+}
+
+/// Tokens signed with the committed development key (ES256, `kid` `dev-1`), or for the HMAC case
+/// with the development public key's PEM text as the HS256 secret, made once with a standard JWT
+/// library; all expire in 2100. Their claims:
+mod signed {
+    /// `{"exp":4102444800,"iat":1795946400}`: no `sub`.
+    pub const NO_SUB: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRldi0xIn0.eyJleHAiOjQxMDI0NDQ4MDAsImlhdCI6MTc5NTk0NjQwMH0.hwuqbuvbEyrmpJE_RZOMY_X2tbYefztXi4dRu5mi0YUlNIAXT-cst2hdtNPHOUFlpig-k_i1yvvhU1rqdSZ4AQ";
+    /// `{"sub":"","exp":4102444800}`.
+    pub const EMPTY_SUB: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRldi0xIn0.eyJzdWIiOiIiLCJleHAiOjQxMDI0NDQ4MDB9.n4hOGiitKlEhvE5qMytM_c41XRWk2JfcW-AA8N5NRR3pGms9LJKodMdCkI-20s6ofaLc_kQ-mWzhtU08T8p4bg";
+    /// `{"sub":42,"exp":4102444800}`.
+    pub const NUMERIC_SUB: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRldi0xIn0.eyJzdWIiOjQyLCJleHAiOjQxMDI0NDQ4MDB9.DYReYbDHUHc5lK5klh3_a9IQvqZhMkt5ZKqk7vlvqrKxixstWHf6H4GxiqK51HY7obZ9CjBz6BKHd4nuOcmt7A";
+    /// `{"sub":"usr_01"}`: no `exp`.
+    pub const NO_EXP: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRldi0xIn0.eyJzdWIiOiJ1c3JfMDEifQ.ergT2udTC3llaKHxYg8uG1OyVwq_y61RtS6ncY_Vm6qVbFVwKvf35q3CuO_uM1OmWmIwi4GwJGJe7Dn4hIMPNg";
+    /// `{"sub":"usr_01","exp":"4102444800"}`: `exp` as a string.
+    pub const STRING_EXP: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRldi0xIn0.eyJzdWIiOiJ1c3JfMDEiLCJleHAiOiI0MTAyNDQ0ODAwIn0.yNq-K6RA1bhB4OIbN20trCwBDMOJMY9wIzFBQndjCl12gDBlZ59pVyjj8AuD53ZO4PrcPhWtFQk8Uqn7xYj5Hg";
+    /// `{"sub":"usr_01","exp":4102444800,"nbf":4102441200}`: not valid before 2099-12-31T23:00Z.
+    pub const NOT_YET_VALID: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRldi0xIn0.eyJzdWIiOiJ1c3JfMDEiLCJleHAiOjQxMDI0NDQ4MDAsIm5iZiI6NDEwMjQ0MTIwMH0.xE-DP0vX8S_AVEkP6APcMO9HYXDeyb5mofzq9_nF7reeVUzlt5cnIXi_nrfgpd6s9FsuY6woUsnIYA18oF_Fog";
+    /// `{"alg":"HS256"}` `{"sub":"usr_01","exp":4102444800}`, HMAC keyed with the public key's PEM.
+    pub const HS256_PUBLIC_KEY: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1c3JfMDEiLCJleHAiOjQxMDI0NDQ4MDB9.G88KdJ4gY2KJrHTrqJILylIJy8vaga65z10J_kGSewU";
+}
+
+/// A P-256 key that the server does not trust (made for this test only).
+const UNTRUSTED_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgiUsDBCeT5ClrVL94
+zrsqnMxxhdi70anlBhOecRU3OCKhRANCAATI+QjjYSkM0eSydGzIJOAmPOlHati4
+g5t9qcx2vymq6lcwd+rvzwj3Sk58G13uLBhMVrHfZBLhLeBtc0J7SjZl
+-----END PRIVATE KEY-----
+";
+
+/// The signed tokens above act for `usr_01`: this test owns that user on its server.
+const SIGNED_SUB: &str = "usr_01";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_and_malformed_tokens_are_401_on_every_route_and_change_nothing() {
+    let api = api();
+    let w = World::new(&api, Some(SIGNED_SUB)).await;
+    let me = w.me.clone();
+    let valid = token(&me);
+    let (header, rest) = valid.split_once('.').unwrap();
+    let (claims, signature) = rest.split_once('.').unwrap();
+    let claims_json = json!({"sub": me, "exp": far_future()}).to_string();
+    let unsigned = |alg: &str| {
+        format!(
+            "{}.{}.",
+            b64url(json!({"alg": alg, "typ": "JWT"}).to_string().as_bytes()),
+            b64url(claims_json.as_bytes())
+        )
+    };
+    let with_header =
+        |h: Value| format!("{}.{claims}.{signature}", b64url(h.to_string().as_bytes()));
+    let mut bad_signature = signature.to_owned().into_bytes();
+    bad_signature[10] = if bad_signature[10] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let bad_signature = format!(
+        "{header}.{claims}.{}",
+        String::from_utf8(bad_signature).unwrap()
+    );
+    let expired = feeds::auth::mint_token(
+        feeds::auth::DEV_PRIVATE_KEY_PEM,
+        &me,
+        &[],
+        chrono::Utc::now() - chrono::Duration::minutes(10),
+        None,
+        None,
+    )
+    .unwrap();
+    let wrong_key = feeds::auth::mint_token(
+        UNTRUSTED_KEY_PEM,
+        &me,
+        &["feeds:admin"],
+        chrono::Utc::now() + chrono::Duration::hours(1),
+        None,
+        None,
+    )
+    .unwrap();
+    let bearer = |t: &str| Some(HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+    let cases: Vec<(&str, Option<HeaderValue>, &str)> = vec![
+        ("no Authorization header", None, "missing_authorization"),
+        (
+            "empty header",
+            Some(HeaderValue::from_static("")),
+            "missing_authorization",
+        ),
+        (
+            "Basic scheme",
+            Some(HeaderValue::from_static("Basic dXNyXzAxOnB3")),
+            "unsupported_auth_scheme",
+        ),
+        (
+            "bare token without scheme",
+            Some(HeaderValue::from_str(&valid).unwrap()),
+            "unsupported_auth_scheme",
+        ),
+        (
+            "Bearer without token",
+            Some(HeaderValue::from_static("Bearer ")),
+            "malformed_token",
+        ),
+        (
+            "header bytes that are not text",
+            Some(HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap()),
+            "unsupported_auth_scheme",
+        ),
+        (
+            "alg none",
+            bearer(&unsigned("none")),
+            "disallowed_algorithm",
+        ),
+        (
+            "alg None",
+            bearer(&unsigned("None")),
+            "disallowed_algorithm",
+        ),
+        (
+            "alg none with the real signature",
+            bearer(&format!("{}{signature}", unsigned("none"))),
+            "disallowed_algorithm",
+        ),
+        (
+            "HS256 keyed with the public key",
+            bearer(signed::HS256_PUBLIC_KEY),
+            "disallowed_algorithm",
+        ),
+        (
+            "HS256 header on an ES256 signature",
+            bearer(&with_header(json!({"alg": "HS256", "kid": "dev-1"}))),
+            "disallowed_algorithm",
+        ),
+        (
+            "ES384 header on an ES256 signature",
+            bearer(&with_header(json!({"alg": "ES384", "kid": "dev-1"}))),
+            "unknown_key",
+        ),
+        (
+            "RS256 header on an ES256 signature",
+            bearer(&with_header(json!({"alg": "RS256", "kid": "dev-1"}))),
+            "unknown_key",
+        ),
+        (
+            "another kid",
+            bearer(&with_header(json!({"alg": "ES256", "kid": "attacker"}))),
+            "invalid_signature",
+        ),
+        ("expired", bearer(&expired), "token_expired"),
+        (
+            "signed by another key",
+            bearer(&wrong_key),
+            "invalid_signature",
+        ),
+        (
+            "altered signature",
+            bearer(&bad_signature),
+            "invalid_signature",
+        ),
+        (
+            "altered claims",
+            bearer(&format!(
+                "{header}.{}.{signature}",
+                b64url(
+                    json!({"sub": "svc", "exp": far_future(), "scope": "feeds:admin"})
+                        .to_string()
+                        .as_bytes()
+                )
+            )),
+            "invalid_signature",
+        ),
+        (
+            "signature cut to 48 bytes",
+            bearer(&format!("{header}.{claims}.{}", &signature[..64])),
+            "invalid_signature",
+        ),
+        ("no sub", bearer(signed::NO_SUB), "missing_claim"),
+        ("empty sub", bearer(signed::EMPTY_SUB), "invalid_claim"),
+        ("numeric sub", bearer(signed::NUMERIC_SUB), "missing_claim"),
+        ("no exp", bearer(signed::NO_EXP), "missing_claim"),
+        (
+            "exp as a string",
+            bearer(signed::STRING_EXP),
+            "missing_claim",
+        ),
+        (
+            "nbf in the future",
+            bearer(signed::NOT_YET_VALID),
+            "token_not_yet_valid",
+        ),
+        ("two segments", bearer("abc.def"), "malformed_token"),
+        (
+            "four segments",
+            bearer(&format!("{valid}.x")),
+            "malformed_token",
+        ),
+        ("not base64", bearer("%%%.%%%.%%%"), "malformed_token"),
+        (
+            "header not JSON",
+            bearer(&format!("{}.{claims}.{signature}", b64url(b"alg=ES256"))),
+            "malformed_token",
+        ),
+        (
+            "a token of 9 KiB",
+            bearer(&format!("{header}.{}.{signature}", "A".repeat(9 * 1024))),
+            "malformed_token",
+        ),
+        (
+            "legacy JWT scheme with a forged token",
+            Some(HeaderValue::from_str(&format!("JWT {}", unsigned("none"))).unwrap()),
+            "disallowed_algorithm",
+        ),
+    ];
+
+    let users = w.users();
+    let before = snapshot(&api, &users).await;
+    for (name, authorization, code) in &cases {
+        let calls = vec![
+            Call::new(Method::POST, "/activities").json(&json!({"actor": me, "object": "forged"})),
+            Call::new(Method::POST, "/follow")
+                .json(&json!({"follower": me, "following": "victim"})),
+            Call::new(Method::DELETE, format!("/follow/{me}/{}", w.third)),
+            Call::new(Method::DELETE, format!("/activities/{}", w.my_activity)),
+            Call::new(Method::GET, "/feeds/flat"),
+            Call::new(Method::GET, "/feeds/aggregated"),
+            Call::new(Method::GET, format!("/feeds/user/{me}")),
+            Call::new(Method::GET, format!("/users/{me}/followers")),
+            Call::new(Method::GET, format!("/users/{me}/following")),
+        ];
+        for call in calls {
+            let what = format!("{name}: {} {}", call.method, call.path);
+            let answer = call.auth(authorization.clone()).send(&api).await;
+            assert_error(&answer, StatusCode::UNAUTHORIZED, &what);
+            assert_eq!(answer.body["error"]["code"], json!(code), "{what}");
+        }
+    }
+    assert_unchanged(&api, &users, &before, "a request with a bad token").await;
+    // The valid token still works: the cases failed for their flaw, not for the user.
+    assert_eq!(api.get("/feeds/flat", &valid).await.status, StatusCode::OK);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Who {
+    Owner,
+    Other,
+    Admin,
+    Nobody,
+}
+
+/// The routes of API.md, each acting on or for the world's `me`.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Follow,
+    Unfollow,
+    Post,
+    Delete,
+    FlatFeed,
+    AggregatedFeed,
+    UserFeed,
+    Followers,
+    Following,
+    Health,
+}
+
+impl Route {
+    const ALL: [Route; 10] = [
+        Route::Follow,
+        Route::Unfollow,
+        Route::Post,
+        Route::Delete,
+        Route::FlatFeed,
+        Route::AggregatedFeed,
+        Route::UserFeed,
+        Route::Followers,
+        Route::Following,
+        Route::Health,
+    ];
+
+    fn call(self, w: &World) -> Call {
+        let me = &w.me;
+        match self {
+            Route::Follow => Call::new(Method::POST, "/follow")
+                .json(&json!({"follower": me, "following": unique("newcomer")})),
+            Route::Unfollow => Call::new(Method::DELETE, format!("/follow/{me}/{}", w.third)),
+            Route::Post => {
+                Call::new(Method::POST, "/activities").json(&json!({"actor": me, "object": "o"}))
+            }
+            Route::Delete => Call::new(Method::DELETE, format!("/activities/{}", w.my_activity)),
+            Route::FlatFeed => Call::new(Method::GET, "/feeds/flat"),
+            Route::AggregatedFeed => Call::new(Method::GET, "/feeds/aggregated"),
+            Route::UserFeed => Call::new(Method::GET, format!("/feeds/user/{me}")),
+            Route::Followers => Call::new(Method::GET, format!("/users/{me}/followers")),
+            Route::Following => Call::new(Method::GET, format!("/users/{me}/following")),
+            Route::Health => Call::new(Method::GET, "/health"),
+        }
+    }
+
+    /// API.md: acting for someone else needs `feeds:admin`; reading user feeds and lists is open
+    /// to any authenticated principal; the flat and aggregated feeds are the principal's own.
+    fn expected(self, who: Who) -> StatusCode {
+        match (self, who) {
+            (Route::Health, _) => StatusCode::OK,
+            (_, Who::Nobody) => StatusCode::UNAUTHORIZED,
+            (Route::Follow | Route::Post, Who::Other) => StatusCode::FORBIDDEN,
+            (Route::Unfollow | Route::Delete, Who::Other) => StatusCode::FORBIDDEN,
+            (Route::Follow | Route::Post, _) => StatusCode::CREATED,
+            (Route::Unfollow | Route::Delete, _) => StatusCode::NO_CONTENT,
+            _ => StatusCode::OK,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_of_every_route_follows_the_contract() {
+    let api = api();
+    let mut cells = Vec::new();
+    for route in Route::ALL {
+        for who in [Who::Owner, Who::Other, Who::Admin, Who::Nobody] {
+            cells.push((route, who));
+        }
+    }
+    let results = concurrently(cells, 6, move |(route, who)| {
+        let api = api.clone();
+        async move {
+            let w = World::new(&api, None).await;
+            let intruder = unique("intruder");
+            let mut users = w.users();
+            users.push(&intruder);
+            let before = snapshot(&api, &users).await;
+            let call = route.call(&w);
+            let call = match who {
+                Who::Owner => call.bearer(&token(&w.me)),
+                Who::Other => call.bearer(&token(&intruder)),
+                Who::Admin => call.bearer(&admin_token()),
+                Who::Nobody => call,
+            };
+            let what = format!("{route:?} as {who:?}");
+            let answer = call.send(&api).await;
+            let expected = route.expected(who);
+            if expected.is_client_error() {
+                assert_error(&answer, expected, &what);
+                assert_unchanged(&api, &users, &before, &what).await;
+            } else {
+                assert_eq!(answer.status, expected, "{what}: {}", answer.body);
+            }
+            // The flat and aggregated feeds are always the caller's own.
+            let results = &answer.body["results"];
+            match (route, who) {
+                (Route::FlatFeed, Who::Owner) => {
+                    assert_eq!(results[0]["id"], json!(w.third_activity), "{what}")
+                }
+                (Route::AggregatedFeed, Who::Owner) => assert_eq!(
+                    results[0]["activities"][0]["id"],
+                    json!(w.third_activity),
+                    "{what}"
+                ),
+                (Route::FlatFeed | Route::AggregatedFeed, Who::Other | Who::Admin) => {
+                    assert_eq!(results, &json!([]), "{what}: another user's feed")
+                }
+                (Route::UserFeed, Who::Owner | Who::Other | Who::Admin) => {
+                    assert_eq!(results[0]["id"], json!(w.my_activity), "{what}")
+                }
+                (Route::Followers, Who::Owner | Who::Other | Who::Admin) => {
+                    assert_eq!(results[0]["user"], json!(w.you), "{what}")
+                }
+                _ => {}
+            }
+            (route, who, answer.status)
+        }
+    })
+    .await;
+    eprintln!(
+        "{} cells: {:?}",
+        results.len(),
+        results
+            .iter()
+            .map(|(r, w, s)| format!("{r:?}/{w:?}={}", s.as_u16()))
+            .collect::<Vec<_>>()
+    );
+
+    // The order of the checks: authentication, then validity, then authorization; and `405` for a
+    // known path with another method, `404` for unknown paths.
+    let api = self::api();
+    let w = World::new(&api, None).await;
+    let intruder = token(&unique("intruder"));
+    let not_mine = json!({"actor": w.you, "object": "o"});
+    let too_big = json!({"actor": w.you, "object": "o", "extra": {"k": "x".repeat(70_000)}});
+    let checks: Vec<(&str, Call, StatusCode)> = vec![
+        (
+            "no token and an invalid body",
+            Call::new(Method::POST, "/activities").raw(Some("application/json"), "{nope"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "no token and a body over the limit",
+            Call::new(Method::POST, "/activities").json(&too_big),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "another user's invalid body",
+            Call::new(Method::POST, "/activities")
+                .bearer(&intruder)
+                .json(&json!({"actor": w.you})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "another user's body over the limit",
+            Call::new(Method::POST, "/activities")
+                .bearer(&intruder)
+                .json(&too_big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "another user's text/plain body",
+            Call::new(Method::POST, "/follow").bearer(&intruder).raw(
+                Some("text/plain"),
+                json!({"follower": w.me, "following": w.you}).to_string(),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "another user's bad id in the path",
+            Call::new(Method::DELETE, format!("/follow/{}/a%20b", w.me)).bearer(&intruder),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "another user's valid body",
+            Call::new(Method::POST, "/activities")
+                .bearer(&intruder)
+                .json(&not_mine),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "GET /activities",
+            Call::new(Method::GET, "/activities").bearer(&token(&w.me)),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "PUT /follow/{follower}/{following}",
+            Call::new(Method::PUT, format!("/follow/{}/{}", w.me, w.third)).bearer(&token(&w.me)),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "POST /feeds/flat",
+            Call::new(Method::POST, "/feeds/flat")
+                .bearer(&token(&w.me))
+                .json(&json!({})),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "DELETE /users/{user}/followers",
+            Call::new(Method::DELETE, format!("/users/{}/followers", w.me)).bearer(&token(&w.me)),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "PATCH /activities/{id}",
+            Call::new(Method::PATCH, format!("/activities/{}", w.my_activity))
+                .bearer(&token(&w.me))
+                .json(&json!({})),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "an unknown path",
+            Call::new(Method::GET, "/feeds/secret").bearer(&token(&w.me)),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "an activity id that is no id",
+            Call::new(Method::DELETE, "/activities/..%2F..%2Fetc").bearer(&token(&w.me)),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    let users = w.users();
+    let before = snapshot(&api, &users).await;
+    for (what, call, expected) in checks {
+        let answer = call.send(&api).await;
+        assert_error(&answer, expected, what);
+    }
+    assert_unchanged(&api, &users, &before, "a refused request").await;
+}
+
+/// Sends raw bytes over one connection and reads the answer's status and body; `None` when the
+/// server closed the connection before answering.
+async fn raw_http(request: Vec<u8>) -> Option<(u16, String)> {
+    let addr = server().base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(&request).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_64_kib_are_413_and_change_nothing() {
+    let api = api();
+    let w = World::new(&api, None).await;
+    let mine = token(&w.me);
+    let users = w.users();
+    let before = snapshot(&api, &users).await;
+    const LIMIT: usize = 64 * 1024;
+    // Valid JSON padded with spaces to an exact size.
+    let padded = |body: Value, size: usize| {
+        let mut text = body.to_string().into_bytes();
+        assert!(text.len() < size);
+        text.resize(size, b' ');
+        text
+    };
+    let post = json!({"actor": w.me, "object": "big"});
+    let follow = json!({"follower": w.me, "following": unique("big")});
+    for (path, body) in [("/activities", &post), ("/follow", &follow)] {
+        for size in [LIMIT + 1, 2 * LIMIT, 1024 * 1024] {
+            let answer = Call::new(Method::POST, path)
+                .bearer(&mine)
+                .raw(Some("application/json"), padded(body.clone(), size))
+                .send(&api)
+                .await;
+            assert_error(
+                &answer,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("{path} {size} B"),
+            );
+        }
+        // Without a Content-Length: chunked, 100 KiB.
+        let chunk = padded(body.clone(), 100 * 1024);
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {mine}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+            chunk.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n0\r\n\r\n");
+        let (status, body) = raw_http(request).await.expect("an answer");
+        assert_eq!(status, 413, "{path} chunked: {body}");
+        assert!(body.contains("\"error\""), "{body}");
+    }
+    assert_unchanged(&api, &users, &before, "a body over the limit").await;
+
+    // At the limit exactly, a valid body is taken.
+    let at_limit = Call::new(Method::POST, "/follow")
+        .bearer(&mine)
+        .raw(Some("application/json"), padded(follow.clone(), LIMIT))
+        .send(&api)
+        .await;
+    assert_eq!(at_limit.status, StatusCode::CREATED, "{}", at_limit.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_are_not_json_are_415_and_change_nothing() {
+    let api = api();
+    let w = World::new(&api, None).await;
+    let mine = token(&w.me);
+    let users = w.users();
+    let before = snapshot(&api, &users).await;
+    let post = json!({"actor": w.me, "object": "typed"}).to_string();
+    let follow = json!({"follower": w.me, "following": w.you}).to_string();
+    let refused: [Option<&'static str>; 11] = [
+        None,
+        Some("text/plain"),
+        Some("text/json"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/xml"),
+        Some("application/jsonp"),
+        Some("application/json-patch"),
+        Some("application/*"),
+        Some("json"),
+        Some(""),
+    ];
+    for content_type in refused {
+        for (path, body) in [("/activities", &post), ("/follow", &follow)] {
+            let answer = Call::new(Method::POST, path)
+                .bearer(&mine)
+                .raw(content_type, body.clone())
+                .send(&api)
+                .await;
+            assert_error(
+                &answer,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("{path} as {content_type:?}"),
+            );
+        }
+    }
+    assert_unchanged(&api, &users, &before, "a body of another type").await;
+
+    // JSON with parameters, in any case, or as a `+json` type, is JSON.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/activity+json",
+    ] {
+        let answer = Call::new(Method::POST, "/activities")
+            .bearer(&mine)
+            .raw(Some(content_type), post.clone())
+            .send(&api)
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{content_type}");
+    }
+}
+
+fn nested_arrays(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_huge_and_broken_json_is_400_and_changes_nothing() {
+    let api = api();
+    let w = World::new(&api, None).await;
+    let mine = token(&w.me);
+    let users = w.users();
+    let before = snapshot(&api, &users).await;
+    let me = &w.me;
+    let many_keys: serde_json::Map<String, Value> =
+        (0..2000).map(|i| (format!("k{i}"), json!(i))).collect();
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "10,000 nested arrays",
+            "/activities",
+            nested_arrays(10_000).into_bytes(),
+        ),
+        (
+            "10,000 nested arrays",
+            "/follow",
+            nested_arrays(10_000).into_bytes(),
+        ),
+        (
+            "5,000 nested objects",
+            "/activities",
+            format!("{}1{}", "{\"a\":".repeat(5000), "}".repeat(5000)).into_bytes(),
+        ),
+        (
+            "10,000 nested arrays in extra",
+            "/activities",
+            format!(
+                r#"{{"actor":"{me}","object":"o","extra":{{"deep":{}}}}}"#,
+                nested_arrays(10_000)
+            )
+            .into_bytes(),
+        ),
+        (
+            "10,000 nested arrays as the follower",
+            "/follow",
+            format!(
+                r#"{{"follower":{},"following":"x"}}"#,
+                nested_arrays(10_000)
+            )
+            .into_bytes(),
+        ),
+        (
+            "extra of 2,000 keys (over 8 KiB)",
+            "/activities",
+            json!({"actor": me, "object": "o", "extra": many_keys})
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "an object id of 60,000 characters",
+            "/activities",
+            json!({"actor": me, "object": "o".repeat(60_000)})
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "30,000 numbers",
+            "/activities",
+            serde_json::to_vec(&vec![1; 30_000]).unwrap(),
+        ),
+        (
+            "a number out of range",
+            "/activities",
+            format!(r#"{{"actor":"{me}","object":"o","extra":{{"n":1e400}}}}"#).into_bytes(),
+        ),
+        (
+            "a duplicated field",
+            "/activities",
+            format!(r#"{{"actor":"{me}","object":"o","object":"p"}}"#).into_bytes(),
+        ),
+        (
+            "a NUL in an id",
+            "/activities",
+            format!(r#"{{"actor":"{me}","object":"o\u0000"}}"#).into_bytes(),
+        ),
+        (
+            "invalid UTF-8",
+            "/activities",
+            [
+                format!(r#"{{"actor":"{me}","object":""#).into_bytes(),
+                vec![0xff, 0xfe],
+                b"\"}".to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "a byte-order mark",
+            "/activities",
+            [
+                vec![0xef, 0xbb, 0xbf],
+                json!({"actor": me, "object": "o"}).to_string().into_bytes(),
+            ]
+            .concat(),
+        ),
+        (
+            "trailing garbage",
+            "/activities",
+            format!(r#"{{"actor":"{me}","object":"o"}} and more"#).into_bytes(),
+        ),
+        ("an empty body", "/activities", Vec::new()),
+        ("only spaces", "/follow", b"   ".to_vec()),
+        ("null", "/follow", b"null".to_vec()),
+        ("an array", "/follow", b"[]".to_vec()),
+        ("a string", "/activities", b"\"post\"".to_vec()),
+        (
+            "an unterminated string",
+            "/activities",
+            format!(r#"{{"actor":"{me}","object":"o"#).into_bytes(),
+        ),
+        (
+            "a time far out of range",
+            "/activities",
+            json!({"actor": me, "object": "o", "time": "+999999-01-01T00:00:00Z"})
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "a target of the wrong type",
+            "/activities",
+            json!({"actor": me, "object": "o", "target": ["x"]})
+                .to_string()
+                .into_bytes(),
+        ),
+    ];
+    for (what, path, body) in cases {
+        let answer = Call::new(Method::POST, path)
+            .bearer(&mine)
+            .raw(Some("application/json"), body)
+            .send(&api)
+            .await;
+        assert_error(
+            &answer,
+            StatusCode::BAD_REQUEST,
+            &format!("{what} to {path}"),
+        );
+    }
+    assert_unchanged(&api, &users, &before, "broken JSON").await;
+    let health = api.send(Method::GET, "/health", None, None).await;
+    assert_eq!(health.status, StatusCode::OK, "the server is still well");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cursors_and_limits_are_400_and_change_nothing() {
+    let api = api();
+    let w = World::new(&api, None).await;
+    // Enough rows for two pages of every list at `limit=1`.
+    let extra = unique("extra");
+    assert_eq!(api.follow(&extra, &w.me).await.status, StatusCode::CREATED);
+    assert_eq!(api.follow(&w.me, &extra).await.status, StatusCode::CREATED);
+    for i in 0..2 {
+        let body = json!({"actor": w.me, "object": format!("p{i}"), "time": format!("2026-11-2{i}T10:00:00Z")});
+        assert_eq!(api.post(&w.me, body).await.status, StatusCode::CREATED);
+        let body = json!({"actor": extra, "object": format!("e{i}"), "time": format!("2026-11-2{i}T10:00:00Z")});
+        assert_eq!(api.post(&extra, body).await.status, StatusCode::CREATED);
+    }
+    let me = w.me.clone();
+    let mine = token(&me);
+    eventually(
+        "the extra activities arrive",
+        Duration::from_secs(30),
+        || async { api.flat_ids(&me).await.len() == 3 },
+    )
+    .await;
+    let mut users = w.users();
+    users.push(&extra);
+    let before = snapshot(&api, &users).await;
+
+    let lists = [
+        "/feeds/flat".to_owned(),
+        "/feeds/aggregated".to_owned(),
+        format!("/feeds/user/{me}"),
+        format!("/users/{me}/followers"),
+        format!("/users/{me}/following"),
+    ];
+    let mut issued = Vec::new();
+    for list in &lists {
+        let page = api.get(&format!("{list}?limit=1"), &mine).await;
+        assert_eq!(page.status, StatusCode::OK, "{list}");
+        let next = page.body["next"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{list} has a second page"))
+            .to_owned();
+        // The cursor works where it was issued.
+        let second = api
+            .get(&format!("{list}?limit=1&cursor={next}"), &mine)
+            .await;
+        assert_eq!(second.status, StatusCode::OK, "{list}");
+        issued.push(next);
+    }
+    let codec = CursorCodec::new(CURSOR_SECRET.as_bytes());
+    let other_user = codec.encode(&format!("flat:{}", w.you), "0000000000000001");
+    for (i, list) in lists.iter().enumerate() {
+        let cursor = &issued[i];
+        let (payload, tag) = cursor.split_once('.').unwrap();
+        let flip = |s: &str, at: usize| {
+            let mut b = s.as_bytes().to_vec();
+            b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+            String::from_utf8(b).unwrap()
+        };
+        let mut bad: Vec<(String, String)> = vec![
+            ("garbage".into(), "garbage".into()),
+            ("empty".into(), String::new()),
+            ("a dot only".into(), ".".into()),
+            (
+                "payload altered".into(),
+                format!("{}.{tag}", flip(payload, 2)),
+            ),
+            ("tag altered".into(), format!("{payload}.{}", flip(tag, 2))),
+            (
+                "tag cut short".into(),
+                format!("{payload}.{}", &tag[..tag.len() - 2]),
+            ),
+            ("tag missing".into(), format!("{payload}.")),
+            ("three parts".into(), format!("{cursor}.{tag}")),
+            ("padded base64".into(), format!("{payload}%3D.{tag}")),
+            ("a long cursor".into(), "A".repeat(4000)),
+            ("non-ASCII".into(), "%C3%A9t%C3%A9.%F0%9F%98%80".into()),
+            (
+                "signed by another secret".into(),
+                CursorCodec::new(b"another secret").encode(
+                    &[
+                        format!("flat:{me}"),
+                        format!("aggregated:{me}"),
+                        format!("user:{me}"),
+                        format!("followers:{me}"),
+                        format!("following:{me}"),
+                    ][i],
+                    "0000000000000001",
+                ),
+            ),
+            ("another user's list".into(), other_user.clone()),
+        ];
+        for (j, other) in issued.iter().enumerate() {
+            if j != i {
+                bad.push((format!("the cursor of {}", lists[j]), other.clone()));
+            }
+        }
+        if list == "/feeds/aggregated" {
+            // Correctly signed for this list, but no position an aggregated feed issues.
+            bad.push((
+                "a signed position that does not parse".into(),
+                codec.encode(&format!("aggregated:{me}"), "not a position"),
+            ));
+        }
+        for (what, cursor) in bad {
+            let answer = api.get(&format!("{list}?cursor={cursor}"), &mine).await;
+            assert_error(&answer, StatusCode::BAD_REQUEST, &format!("{list}: {what}"));
+        }
+        for limit in [
+            "0",
+            "101",
+            "-1",
+            "1.5",
+            "",
+            "ten",
+            "1e2",
+            "99999999999999999999999",
+            "5&limit=500",
+        ] {
+            let answer = api.get(&format!("{list}?limit={limit}"), &mine).await;
+            assert_error(
+                &answer,
+                StatusCode::BAD_REQUEST,
+                &format!("{list}: limit={limit}"),
+            );
+        }
+    }
+    assert_unchanged(&api, &users, &before, "a bad cursor or limit").await;
+}
