@@ -96,11 +96,11 @@ def main():
                 ["load after", f"`{env.get('load_after', '—')}`"],
                 [
                     "Cassandra",
-                    f"{env.get('cassandra', '—')}, one node on 127.0.0.1:9042, JIT "
+                    f"{env.get('cassandra', '—').rstrip('.')}, one node on 127.0.0.1:9042, JIT "
                     f"`{env.get('cassandra_jit', '—')}`"
                     + (" (started by the benchmark)" if env.get("cassandra_started_by_bench") else " (already running: shared with other work)"),
                 ],
-                ["ElasticMQ", env.get("elasticmq", "—")],
+                ["ElasticMQ", env.get("elasticmq", "—").rstrip(".")],
                 ["JDK", env.get("java", "—")],
                 ["Rust", env.get("rustc", "—")],
                 ["build", f"{env.get('build', '—')}, {env.get('build_seconds', '—')} s"],
@@ -158,17 +158,22 @@ def main():
                 rows,
             )
         )
+        def setting_order(k):
+            digits = "".join(ch for ch in k if ch.isdigit())
+            return (int(digits) if digits else 10**9, k)
+
+        settings = sorted(fan[0]["ceiling_by_setting"], key=setting_order)
         detail = []
         for f in fan:
             detail.append(
                 [f"{f['followers']:,}"]
-                + [spread(s, 0) for s in f["ceiling_by_setting"].values()]
+                + [spread(f["ceiling_by_setting"][k], 0) for k in settings]
                 + [spread(f["fanout_wall_s"]), f["jobs_per_fanout"], f["failed_messages"]]
             )
         md.append("\nRaw ceiling at each concurrency, and the fan-out's wall time:\n")
         md.append(
             table(
-                ["N"] + list(fan[0]["ceiling_by_setting"].keys()) + ["fan-out wall s", "jobs", "failed messages"],
+                ["N"] + [f"raw, {k}" for k in settings] + ["fan-out wall s", "jobs", "failed messages"],
                 detail,
             )
         )
@@ -176,7 +181,7 @@ def main():
         if procs:
             md.append(
                 "\nWhere the CPU goes (both cores are shared by all of these): CPU milliseconds per "
-                "1,000 rows, fan-out | best raw ceiling. `feeds-bench` holds the Lambda-like "
+                "1,000 rows, fan-out / best raw ceiling. `feeds-bench` holds the Lambda-like "
                 "consumers (fan-out) or the raw driver (ceiling).\n"
             )
             md.append(
@@ -185,11 +190,11 @@ def main():
                     [
                         [f"{f['followers']:,}"]
                         + [
-                            f"{fmt(f['fanout_cpu_ms_per_1k_rows'].get(p))} | {fmt(f['ceiling_cpu_ms_per_1k_rows'].get(p))}"
+                            f"{fmt(f['fanout_cpu_ms_per_1k_rows'].get(p))} / {fmt(f['ceiling_cpu_ms_per_1k_rows'].get(p))}"
                             for p in procs
                         ]
                         + [
-                            f"{fmt(sum(f['fanout_cpu_ms_per_1k_rows'].values()))} | "
+                            f"{fmt(sum(f['fanout_cpu_ms_per_1k_rows'].values()))} / "
                             f"{fmt(sum(f['ceiling_cpu_ms_per_1k_rows'].values()))}"
                         ]
                         for f in fan

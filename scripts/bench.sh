@@ -25,6 +25,7 @@ case ${1:-} in
   *) echo "usage: scripts/bench.sh [--tiny]" >&2; exit 2 ;;
 esac
 t_start=$SECONDS
+load_start=$(uptime)
 command_line="scripts/bench.sh${1:+ $1}"
 
 started=()
@@ -60,28 +61,6 @@ export FEEDS_CASSANDRA_NODES=${FEEDS_CASSANDRA_NODES:-127.0.0.1:9042}
 export FEEDS_SQS_ENDPOINT=${FEEDS_SQS_ENDPOINT:-http://127.0.0.1:9324}
 export AWS_REGION=${AWS_REGION:-us-east-1} AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local}
 
-packages=(-p feeds-bench -p feeds-server -p follow -p post-activity -p get-feed -p fanout)
-t_build=$SECONDS
-if [[ ${FEEDS_BENCH_PROFILE:-release} == dev ]]; then
-  # Smoke checks only (CI): the test suite's debug build is reused, so only this crate compiles.
-  [[ $size == tiny ]] || { log "FEEDS_BENCH_PROFILE=dev is for --tiny only"; exit 2; }
-  build_note="cargo build (dev profile: a smoke check, the numbers mean nothing)"
-  log "building the debug binaries"
-  cargo build --locked -q "${packages[@]}"
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
-else
-  export CARGO_TARGET_DIR=${FEEDS_BENCH_TARGET_DIR:-$ROOT/target/bench}
-  build_note="cargo build --release (workspace profile: fat LTO, codegen-units 1)"
-  if [[ ${FEEDS_BENCH_FAT_LTO:-0} != 1 ]]; then
-    export CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=8
-    build_note="cargo build --release with CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=8 into target/bench/ (the profile's fat LTO is slow on 2 cores)"
-  fi
-  log "building the release binaries into $CARGO_TARGET_DIR"
-  cargo build --release --locked -q "${packages[@]}"
-  BIN=$CARGO_TARGET_DIR/release
-fi
-build_seconds=$((SECONDS - t_build))
-
 # Python: matplotlib for the plots; Stream-Framework and its era's dependencies for the peer.
 VENV=$STATE/bench-venv
 if [[ ! -x $VENV/bin/pip ]]; then
@@ -111,6 +90,41 @@ fi
 mkdir -p "$OUT"
 rm -f "$OUT/ours.json" "$OUT/peer.json"
 
+# The peer first: it needs no Rust binary.
+if [[ $size == full ]]; then
+  log "running Stream-Framework 1.4.0 (the peer)"
+  # Its fan-out runs 100-follower tasks one after another at a rate that does not depend on N; at
+  # ~100 rows/s here N = 100,000 alone takes ~17 min, so by default it stops at N = 10,000
+  # (FEEDS_BENCH_PEER_MAX_FOLLOWERS=100000 runs that size too).
+  "$VENV/bin/python" bench/peer/stream_framework_bench.py --size full --out "$OUT/peer.json" \
+    --max-followers "${FEEDS_BENCH_PEER_MAX_FOLLOWERS:-10000}"
+else
+  log "Stream-Framework: skipped (tiny)"
+fi
+
+packages=(-p feeds-bench -p feeds-server -p follow -p post-activity -p get-feed -p fanout)
+t_build=$SECONDS
+if [[ ${FEEDS_BENCH_PROFILE:-release} == dev ]]; then
+  # Smoke checks only (CI): the test suite's debug build is reused, so only this crate compiles.
+  [[ $size == tiny ]] || { log "FEEDS_BENCH_PROFILE=dev is for --tiny only"; exit 2; }
+  build_note="cargo build (dev profile: a smoke check, the numbers mean nothing)"
+  log "building the debug binaries"
+  cargo build --locked -q "${packages[@]}"
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+else
+  export CARGO_TARGET_DIR=${FEEDS_BENCH_TARGET_DIR:-$ROOT/target/bench}
+  build_note="cargo build --release (workspace profile: fat LTO, codegen-units 1)"
+  if [[ ${FEEDS_BENCH_FAT_LTO:-0} != 1 ]]; then
+    export CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=8
+    build_note="cargo build --release with CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=8 into target/bench/ (the profile's fat LTO is slow on 2 cores)"
+  fi
+  log "building the release binaries into $CARGO_TARGET_DIR"
+  cargo build --release --locked -q "${packages[@]}"
+  BIN=$CARGO_TARGET_DIR/release
+fi
+build_seconds=$((SECONDS - t_build))
+
+
 # The machine, as the report records it.
 cass_pid=$(cat "$STATE/cassandra/cassandra.pid" 2>/dev/null || true)
 cass_jit=unknown
@@ -134,7 +148,7 @@ json.dump({
     "cpu": cpu,
     "memory": mem,
     "kernel": platform.release(),
-    "load_before": sh("uptime"),
+    "load_before": """$load_start""".strip(),
     "rustc": sh("rustc --version"),
     "build": "$build_note",
     "build_seconds": $build_seconds,
@@ -151,17 +165,9 @@ log "running feeds-bench ($size)"
 # Their pids, so that feeds-bench can tell the CPU each process spent per row and per request.
 export FEEDS_BENCH_CASSANDRA_PID=${cass_pid:-} FEEDS_BENCH_ELASTICMQ_PID=$(alive_pid "$STATE/elasticmq/elasticmq.pid" || true)
 "$BIN/feeds-bench" all --size "$size" --out "$OUT" --server-bin "$BIN/feeds-server" --functions-dir "$BIN"
+# The servers' and functions' logs are for looking into a failure, not results.
+mkdir -p target/bench-logs && mv -f "$OUT"/*.log target/bench-logs/ 2>/dev/null || true
 
-if [[ $size == full ]]; then
-  log "running Stream-Framework 1.4.0 (the peer)"
-  # Its fan-out runs 100-follower tasks one after another at a rate that does not depend on N; at
-  # ~100 rows/s here N = 100,000 alone takes ~17 min, so by default it stops at N = 10,000
-  # (FEEDS_BENCH_PEER_MAX_FOLLOWERS=100000 runs that size too).
-  "$VENV/bin/python" bench/peer/stream_framework_bench.py --size full --out "$OUT/peer.json" \
-    --max-followers "${FEEDS_BENCH_PEER_MAX_FOLLOWERS:-10000}"
-else
-  log "Stream-Framework: skipped (tiny)"
-fi
 
 "$VENV/bin/python" - "$OUT/env.json" <<'EOF'
 import json, subprocess, sys
