@@ -2,23 +2,27 @@
 # Local single-node Apache Cassandra 5.0 on 127.0.0.1:9042, run from Maven Central jars (no Docker).
 #   scripts/cassandra.sh install|start|stop|restart|status
 # State (jars, data, logs, pid) lives under $FEEDS_STATE_DIR (default <repo>/.local).
-# FEEDS_CASSANDRA_YAML points at another cassandra.yaml (e.g. one with PasswordAuthenticator).
+# FEEDS_CASSANDRA_YAML points at another cassandra.yaml; a second node beside the first takes its
+# own FEEDS_CASSANDRA_INSTANCE (state directory name, default cassandra) and
+# FEEDS_CASSANDRA_ADDRESS (default 127.0.0.1): scripts/cassandra-auth.sh is one.
 # Also: FEEDS_CASSANDRA_START_TIMEOUT (s, default 180), FEEDS_CASSANDRA_JVM_OPTS (extra JVM flags).
 # Query it with scripts/cql -e "SELECT release_version FROM system.local"
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${FEEDS_STATE_DIR:-$ROOT/.local}
-HOME_DIR=$STATE/cassandra
-LIB=$HOME_DIR/lib
+INSTANCE=${FEEDS_CASSANDRA_INSTANCE:-cassandra}
+HOME_DIR=$STATE/$INSTANCE
+LIB=$STATE/cassandra/lib # the jars, shared by every instance
 LOGS=$HOME_DIR/logs
 PID_FILE=$HOME_DIR/cassandra.pid
 POM=$ROOT/etc/maven/cassandra/pom.xml
 YAML=$(realpath "${FEEDS_CASSANDRA_YAML:-$ROOT/etc/cassandra.yaml}")
+ADDRESS=${FEEDS_CASSANDRA_ADDRESS:-127.0.0.1}
 PORT=9042
 START_TIMEOUT=${FEEDS_CASSANDRA_START_TIMEOUT:-180}
 
-log() { echo "cassandra.sh: $*" >&2; }
+log() { echo "cassandra.sh${FEEDS_CASSANDRA_INSTANCE:+ ($INSTANCE)}: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 # Install a Debian package only when its command is missing (a fresh machine, whose
@@ -36,13 +40,14 @@ install() {
   local sum; sum=$(sha256sum "$POM" | cut -d' ' -f1)
   if [[ $(cat "$LIB/.pom.sha256" 2>/dev/null) != "$sum" ]]; then
     log "copying Cassandra jars from Maven Central into $LIB (first use; ~1 min)"
-    mkdir -p "$HOME_DIR"
+    mkdir -p "$(dirname "$LIB")"
     rm -rf "$LIB.tmp"
     # Plugin pinned: Debian's Maven 3.8.7 would otherwise pick an old 2.x plugin.
+    local install_log; install_log=$(dirname "$LIB")/install.log
     if ! mvn -B -ntp -f "$POM" -DoutputDirectory="$LIB.tmp" \
-        org.apache.maven.plugins:maven-dependency-plugin:3.10.0:copy-dependencies >"$HOME_DIR/install.log" 2>&1; then
-      tail -n 30 "$HOME_DIR/install.log" >&2
-      die "maven failed (full log: $HOME_DIR/install.log)"
+        org.apache.maven.plugins:maven-dependency-plugin:3.10.0:copy-dependencies >"$install_log" 2>&1; then
+      tail -n 30 "$install_log" >&2
+      die "maven failed (full log: $install_log)"
     fi
     echo "$sum" >"$LIB.tmp/.pom.sha256"
     rm -rf "$LIB" && mv "$LIB.tmp" "$LIB"
@@ -60,16 +65,16 @@ our_pid() {
     grep -qs CassandraDaemon "/proc/$pid/cmdline" && echo "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$ADDRESS/$PORT") 2>/dev/null; }
 
 # A real CQL round trip. If the node wants a login (PasswordAuthenticator), log in for real:
 # FEEDS_CASSANDRA_USER/PASSWORD, else the default superuser cassandra/cassandra.
 answering() {
   local q="SELECT release_version FROM system.local" out
   port_open || return 1
-  out=$("$ROOT/scripts/cql" --connect-timeout=5 -e "$q" 2>&1) && return 0
+  out=$(FEEDS_CASSANDRA_HOST=$ADDRESS "$ROOT/scripts/cql" --connect-timeout=5 -e "$q" 2>&1) && return 0
   [[ $out == *"requires authentication"* ]] || return 1
-  FEEDS_CASSANDRA_USER=${FEEDS_CASSANDRA_USER:-cassandra} \
+  FEEDS_CASSANDRA_HOST=$ADDRESS FEEDS_CASSANDRA_USER=${FEEDS_CASSANDRA_USER:-cassandra} \
     FEEDS_CASSANDRA_PASSWORD=${FEEDS_CASSANDRA_PASSWORD:-cassandra} \
     "$ROOT/scripts/cql" --connect-timeout=5 -e "$q" >/dev/null 2>&1
 }
@@ -79,13 +84,13 @@ start() {
   if pid=$(our_pid); then
     if answering; then
       touch "$HOME_DIR/data/.booted"
-      log "already running (pid $pid) and answering on 127.0.0.1:$PORT"; return 0
+      log "already running (pid $pid) and answering on $ADDRESS:$PORT"; return 0
     fi
     log "pid $pid is still starting; waiting for it"
   elif answering; then
-    log "something else already answers CQL on 127.0.0.1:$PORT; using it"; return 0
+    log "something else already answers CQL on $ADDRESS:$PORT; using it"; return 0
   elif port_open; then
-    die "127.0.0.1:$PORT is taken by something that does not answer CQL"
+    die "$ADDRESS:$PORT is taken by something that does not answer CQL"
   else
     [[ -f $YAML ]] || die "no such yaml: $YAML"
     install
@@ -176,12 +181,12 @@ start() {
     if (( SECONDS - t0 >= START_TIMEOUT )); then
       tail -n 40 "$LOGS/system.log" >&2 2>/dev/null || tail -n 40 "$LOGS/stdout.log" >&2
       stop
-      die "no CQL answer on 127.0.0.1:$PORT after ${START_TIMEOUT}s"
+      die "no CQL answer on $ADDRESS:$PORT after ${START_TIMEOUT}s"
     fi
     sleep 1
   done
   touch "$HOME_DIR/data/.booted"
-  log "up (pid $pid) and answering CQL on 127.0.0.1:$PORT after $((SECONDS - t0))s"
+  log "up (pid $pid) and answering CQL on $ADDRESS:$PORT after $((SECONDS - t0))s"
 }
 
 stop() {
@@ -207,9 +212,9 @@ stop() {
 
 status() {
   if answering; then
-    log "answering CQL on 127.0.0.1:$PORT$(pid=$(our_pid) && echo " (pid $pid, started by this script)")"
+    log "answering CQL on $ADDRESS:$PORT$(pid=$(our_pid) && echo " (pid $pid, started by this script)")"
   else
-    log "no CQL answer (or login refused) on 127.0.0.1:$PORT"
+    log "no CQL answer (or login refused) on $ADDRESS:$PORT"
     return 1
   fi
 }

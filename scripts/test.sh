@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine too: installs and starts Cassandra and ElasticMQ (stopping
-# afterwards only what it started), checks formatting, runs every test against the real services,
-# then validates and builds the SAM template.
+# The whole test suite, on a fresh machine too: installs and starts Cassandra (and a second node with
+# password authentication) and ElasticMQ, stopping afterwards only what it started; checks
+# formatting; runs every test against the real services; builds the functions' release binaries and
+# starts each as Lambda does on its sample event; runs the benchmark at its tiny size, Schemathesis
+# against the OpenAPI document and the fuzz targets for a bounded time; then validates and builds
+# the SAM template.
 #   FEEDS_SKIP_SAM=1 scripts/test.sh    skip `sam validate --lint` and `sam build`
+#   FEEDS_SKIP_FUZZ=1 scripts/test.sh   skip the fuzz targets (their first build takes minutes)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,7 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for service in cassandra elasticmq; do
+for service in cassandra elasticmq cassandra-auth; do
   if bash "scripts/$service.sh" status >/dev/null 2>&1; then
     log "$service is already running: using it"
   else
@@ -35,6 +39,21 @@ log "checking formatting"
 cargo fmt --all -- --check
 log "running the tests"
 cargo test --workspace --locked --no-fail-fast
+
+log "building the functions' release binaries and starting each as Lambda does"
+cargo build --release --locked -p follow -p post-activity -p get-feed -p fanout
+cargo test --locked -p feeds-bench --test shipped_binaries -- --ignored --nocapture --test-threads=1
+
+log "benchmark smoke check (tiny size, debug binaries: the numbers mean nothing)"
+FEEDS_BENCH_PROFILE=dev bash scripts/bench.sh --tiny
+
+log "Schemathesis against openapi.json and the standalone server"
+bash scripts/schemathesis.sh
+
+if [[ ${FEEDS_SKIP_FUZZ:-0} != 1 ]]; then
+  log "fuzzing each target for a bounded time"
+  bash scripts/fuzz.sh "${FEEDS_FUZZ_SECONDS:-30}"
+fi
 
 if [[ ${FEEDS_SKIP_SAM:-0} != 1 ]]; then
   log "validating and building the SAM template"

@@ -38,6 +38,22 @@ const WRITE_CONCURRENCY: usize = 64;
 /// How often a contended lightweight transaction (a mapping that changes under us) is retried.
 const CAS_ATTEMPTS: usize = 3;
 
+/// Rounds of a follow or unfollow against concurrent changes of the same edge (each round is one
+/// lightweight transaction), with a short random pause before each retry.
+const EDGE_ATTEMPTS: u32 = 12;
+
+async fn edge_backoff(attempt: u32) {
+    if attempt > 0 {
+        let ceiling_us = 2_000 * u64::from(attempt.min(6));
+        let pause = rand::random_range(0..ceiling_us);
+        tokio::time::sleep(Duration::from_micros(pause)).await;
+    }
+}
+
+/// Tables written `USING TIMESTAMP` (see `EdgeState`), which Amazon Keyspaces must be told to
+/// accept: `template.yaml` sets `ClientSideTimestampsEnabled` on them, `migrate` alters them.
+pub const CLIENT_SIDE_TIMESTAMP_TABLES: [&str; 1] = ["followers"];
+
 /// Timeout of each schema statement (DDL takes longer than a data request).
 const DDL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -151,11 +167,21 @@ impl CassandraConfig {
                 )))
             }
         };
+        let username = get("FEEDS_CASSANDRA_USERNAME");
+        let password = lookup("FEEDS_CASSANDRA_PASSWORD").filter(|p| !p.is_empty());
+        if get("FEEDS_CASSANDRA_AUTH").as_deref() == Some("password")
+            && (username.is_none() || password.is_none())
+        {
+            return Err(config_error(
+                "FEEDS_CASSANDRA_AUTH=password needs FEEDS_CASSANDRA_USERNAME and FEEDS_CASSANDRA_PASSWORD"
+                    .to_owned(),
+            ));
+        }
         Ok(CassandraConfig {
             nodes,
             keyspace,
-            username: get("FEEDS_CASSANDRA_USERNAME"),
-            password: lookup("FEEDS_CASSANDRA_PASSWORD").filter(|p| !p.is_empty()),
+            username,
+            password,
             connect_timeout: millis(
                 "FEEDS_CASSANDRA_CONNECT_TIMEOUT_MS",
                 defaults.connect_timeout,
@@ -292,6 +318,12 @@ pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), Sto
             let what = format!("table {keyspace}.{table}");
             let active = |row: &TableStatusRow| row.status.as_deref() == Some("ACTIVE");
             wait_for_ddl(session, &what, CQL, (keyspace, table.as_str()), active).await?;
+            // Keyspaces takes `USING TIMESTAMP` only on tables that enable it (once, for good);
+            // Cassandra always does and knows no such property.
+            if CLIENT_SIDE_TIMESTAMP_TABLES.contains(&table.as_str()) {
+                run_ddl(session, format!("ALTER TABLE {keyspace}.{table} WITH custom_properties = {{'client_side_timestamps': {{'status': 'enabled'}}}}")).await?;
+                wait_for_ddl(session, &what, CQL, (keyspace, table.as_str()), active).await?;
+            }
         }
     }
     session
@@ -693,6 +725,27 @@ impl CasRow for ForeignIdCasRow {
     }
 }
 
+/// What a rejected `UPDATE following ... IF created_us = ?` sends back.
+#[derive(scylla::DeserializeRow)]
+struct SwapCasRow {
+    #[scylla(rename = "[applied]")]
+    applied: bool,
+    created_us: Option<i64>,
+}
+
+impl SwapCasRow {
+    /// The edge as the transaction found it (`None`: no row).
+    fn state(self) -> Option<EdgeState> {
+        self.created_us.map(EdgeState::from_column)
+    }
+}
+
+impl CasRow for SwapCasRow {
+    fn applied(&self) -> bool {
+        self.applied
+    }
+}
+
 /// A row type for lightweight transactions that send back only `[applied]`.
 #[derive(scylla::DeserializeRow)]
 struct AppliedRow {
@@ -718,7 +771,7 @@ struct Statements {
     health: PreparedStatement,
     edge_claim: PreparedStatement,
     edge_get: PreparedStatement,
-    edge_release: PreparedStatement,
+    edge_swap: PreparedStatement,
     followers_page: PreparedStatement,
     follower_row_insert: PreparedStatement,
     follower_row_delete: PreparedStatement,
@@ -761,10 +814,10 @@ impl CassandraStore {
             prepare(s, "SELECT release_version FROM system.local WHERE key = 'local'".to_owned(), true),
             prepare(s, format!("INSERT INTO {ks}.following (user, followee, created_us) VALUES (?, ?, ?) IF NOT EXISTS"), false),
             prepare(s, format!("SELECT created_us FROM {ks}.following WHERE user = ? AND followee = ?"), true),
-            prepare(s, format!("DELETE FROM {ks}.following WHERE user = ? AND followee = ? IF EXISTS"), false),
+            prepare(s, format!("UPDATE {ks}.following SET created_us = ? WHERE user = ? AND followee = ? IF created_us = ?"), false),
             prepare(s, format!("SELECT follower, created_us FROM {ks}.followers WHERE user = ? AND follower > ? LIMIT ?"), true),
-            prepare(s, format!("INSERT INTO {ks}.followers (user, follower, created_us) VALUES (?, ?, ?)"), true),
-            prepare(s, format!("DELETE FROM {ks}.followers WHERE user = ? AND follower = ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.followers (user, follower, created_us) VALUES (?, ?, ?) USING TIMESTAMP ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.followers USING TIMESTAMP ? WHERE user = ? AND follower = ?"), true),
             prepare(s, format!("SELECT followee, created_us FROM {ks}.following WHERE user = ? AND followee > ? LIMIT ?"), true),
             prepare(s, format!("INSERT INTO {ks}.activity_foreign_ids (actor, foreign_id, id, claimed_us) VALUES (?, ?, ?, ?) IF NOT EXISTS"), false),
             prepare(s, format!("SELECT id, claimed_us FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ?"), true),
@@ -784,7 +837,7 @@ impl CassandraStore {
             health: st.0,
             edge_claim: st.1,
             edge_get: st.2,
-            edge_release: st.3,
+            edge_swap: st.3,
             followers_page: st.4,
             follower_row_insert: st.5,
             follower_row_delete: st.6,
@@ -1013,6 +1066,19 @@ impl CassandraStore {
         Ok(())
     }
 
+    /// The `following` row of `follower -> user`, if there ever was one.
+    async fn edge(
+        &self,
+        op: &str,
+        follower: &str,
+        user: &str,
+    ) -> Result<Option<EdgeState>, StoreError> {
+        let row: Option<CreatedRow> = self
+            .get_row(op, &self.st.edge_get, (follower, user))
+            .await?;
+        Ok(row.map(|r| EdgeState::from_column(r.created_us)))
+    }
+
     async fn foreign_id_holder(
         &self,
         actor: &str,
@@ -1024,6 +1090,30 @@ impl CassandraStore {
             (actor, foreign_id),
         )
         .await
+    }
+}
+
+/// A `following` row. Unfollowing keeps the row, with `created_us` negated: `-(since + 1)`. That
+/// value is also the write time of the tombstone the unfollow puts on the `followers` row, whose
+/// inserts are written at the edge's `since`: so whichever of a follow's row insert and a racing
+/// unfollow's delete arrives last, the delete wins, and a later follow (at `since` younger than
+/// the tombstone, see `follow`) wins over both. Without the kept row, a follow could not know how
+/// young its edge must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EdgeState {
+    Following(i64),
+    Unfollowed { tombstone_us: i64 },
+}
+
+impl EdgeState {
+    fn from_column(created_us: i64) -> Self {
+        if created_us > 0 {
+            EdgeState::Following(created_us)
+        } else {
+            EdgeState::Unfollowed {
+                tombstone_us: -created_us,
+            }
+        }
     }
 }
 
@@ -1054,62 +1144,116 @@ impl Store for CassandraStore {
     async fn follow(&self, edge: &FollowEdge) -> Result<(FollowEdge, bool), StoreError> {
         let op = "follow";
         let (user, follower) = (edge.following.as_str(), edge.follower.as_str());
-        let created_us = edge.created_at.timestamp_micros();
-        // The lightweight transaction runs on the follower's `following` partition, not on the
+        let requested_us = edge.created_at.timestamp_micros().max(1);
+        // The lightweight transactions run on the follower's `following` partition, not on the
         // followee's `followers` partition: thousands of users following one star at once would
-        // contend there.
-        for _ in 0..CAS_ATTEMPTS {
-            let outcome = self
-                .cas::<EdgeCasRow>(op, &self.st.edge_claim, (follower, user, created_us))
-                .await?;
-            let (stored_us, created) = match outcome {
-                Cas::Applied => (created_us, true),
-                Cas::Rejected(Some(row)) => (row.created_us.unwrap_or(created_us), false),
-                Cas::Rejected(None) => {
-                    match self
-                        .get_row::<CreatedRow>(op, &self.st.edge_get, (follower, user))
-                        .await?
-                    {
-                        Some(row) => (row.created_us, false),
-                        // Unfollowed in between: try again.
-                        None => continue,
+        // contend there. See `EdgeState` for how the `followers` row is kept in step.
+        let mut known: Option<Option<EdgeState>> = None;
+        let mut settled = None;
+        for attempt in 0..EDGE_ATTEMPTS {
+            edge_backoff(attempt).await;
+            let current = match known.take() {
+                Some(state) => state,
+                None => match self
+                    .cas::<EdgeCasRow>(op, &self.st.edge_claim, (follower, user, requested_us))
+                    .await?
+                {
+                    Cas::Applied => {
+                        settled = Some((requested_us, true));
+                        break;
+                    }
+                    Cas::Rejected(Some(row)) => row.created_us.map(EdgeState::from_column),
+                    Cas::Rejected(None) => self.edge(op, follower, user).await?,
+                },
+            };
+            match current {
+                // Gone between the claim and the read (only rows older than `EdgeState` go).
+                None => continue,
+                Some(EdgeState::Following(since_us)) => {
+                    settled = Some((since_us, false));
+                    break;
+                }
+                Some(EdgeState::Unfollowed { tombstone_us }) => {
+                    // Followed again: the new edge must be younger than the tombstone its last
+                    // unfollow left on the `followers` row, or that tombstone would hide the row.
+                    let since_us = requested_us.max(tombstone_us + 1);
+                    let swap = (since_us, follower, user, -tombstone_us);
+                    match self.cas::<SwapCasRow>(op, &self.st.edge_swap, swap).await? {
+                        Cas::Applied => {
+                            settled = Some((since_us, true));
+                            break;
+                        }
+                        Cas::Rejected(row) => known = row.map(SwapCasRow::state),
                     }
                 }
-            };
-            // Written on every call, so a retry repairs a `followers` row an earlier attempt missed.
-            self.execute(
-                op,
-                &self.st.follower_row_insert,
-                (user, follower, stored_us),
-            )
-            .await?;
-            return Ok((
-                FollowEdge {
-                    created_at: from_micros(stored_us),
-                    ..edge.clone()
-                },
-                created,
-            ));
+            }
         }
-        Err(StoreError::Unavailable(format!(
-            "Cassandra follow: the edge {follower} -> {user} kept changing; try again"
-        )))
+        let Some((since_us, created)) = settled else {
+            return Err(StoreError::Unavailable(format!(
+                "Cassandra follow: the edge {follower} -> {user} kept changing; try again"
+            )));
+        };
+        // Written at the edge's own time on every call, so a retry repairs a `followers` row an
+        // earlier attempt missed, and an unfollow's tombstone (one microsecond younger) wins
+        // whichever of the two arrives first.
+        self.execute(
+            op,
+            &self.st.follower_row_insert,
+            (user, follower, since_us, since_us),
+        )
+        .await?;
+        Ok((
+            FollowEdge {
+                created_at: from_micros(since_us),
+                ..edge.clone()
+            },
+            created,
+        ))
     }
 
     async fn unfollow(&self, follower: &str, following: &str) -> Result<(), StoreError> {
         let op = "unfollow";
-        tokio::try_join!(
-            self.cas::<AppliedRow>(op, &self.st.edge_release, (follower, following)),
-            self.execute(op, &self.st.follower_row_delete, (following, follower)),
-        )?;
-        Ok(())
+        let mut known: Option<Option<EdgeState>> = None;
+        for attempt in 0..EDGE_ATTEMPTS {
+            edge_backoff(attempt).await;
+            let current = match known.take() {
+                Some(state) => state,
+                None => self.edge(op, follower, following).await?,
+            };
+            let tombstone_us = match current {
+                // Never followed: nothing to undo.
+                None => return Ok(()),
+                // Already unfollowed: the row delete again, in case the earlier call stopped
+                // between its two writes.
+                Some(EdgeState::Unfollowed { tombstone_us }) => tombstone_us,
+                Some(EdgeState::Following(since_us)) => {
+                    let tombstone_us = since_us + 1;
+                    let swap = (-tombstone_us, follower, following, since_us);
+                    match self.cas::<SwapCasRow>(op, &self.st.edge_swap, swap).await? {
+                        Cas::Applied => tombstone_us,
+                        Cas::Rejected(row) => {
+                            known = row.map(SwapCasRow::state);
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.execute(
+                op,
+                &self.st.follower_row_delete,
+                (tombstone_us, following, follower),
+            )
+            .await?;
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "Cassandra unfollow: the edge {follower} -> {following} kept changing; try again"
+        )))
     }
 
     async fn is_following(&self, follower: &str, following: &str) -> Result<bool, StoreError> {
-        let row: Option<CreatedRow> = self
-            .get_row("is_following", &self.st.edge_get, (follower, following))
-            .await?;
-        Ok(row.is_some())
+        let state = self.edge("is_following", follower, following).await?;
+        Ok(matches!(state, Some(EdgeState::Following(_))))
     }
 
     async fn followers(
@@ -1136,16 +1280,36 @@ impl Store for CassandraStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Relation>, StoreError> {
-        let rows: Vec<FolloweeRow> = self
-            .relations("following", &self.st.following_page, user, after, limit)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Relation {
-                user: r.followee,
-                since: from_micros(r.created_us),
-            })
-            .collect())
+        // Rows of unfollowed edges stay (see `EdgeState`): skipped, page after page.
+        let mut out = Vec::new();
+        let mut after = after.map(str::to_owned);
+        while out.len() < limit {
+            let want = limit - out.len();
+            let rows: Vec<FolloweeRow> = self
+                .relations(
+                    "following",
+                    &self.st.following_page,
+                    user,
+                    after.as_deref(),
+                    want,
+                )
+                .await?;
+            let exhausted = rows.len() < want;
+            after = rows.last().map(|r| r.followee.clone());
+            out.extend(rows.into_iter().filter_map(|r| {
+                match EdgeState::from_column(r.created_us) {
+                    EdgeState::Following(since_us) => Some(Relation {
+                        user: r.followee,
+                        since: from_micros(since_us),
+                    }),
+                    EdgeState::Unfollowed { .. } => None,
+                }
+            }));
+            if exhausted {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn put_activity(&self, activity: &Activity) -> Result<(Activity, bool), StoreError> {
@@ -1521,6 +1685,9 @@ mod tests {
             ("FEEDS_CASSANDRA_CONNECT_TIMEOUT_MS", "3s"),
             ("FEEDS_CASSANDRA_REQUEST_TIMEOUT_MS", "0"),
             ("FEEDS_CASSANDRA_REPLICATION", "SimpleStrategy"),
+            ("FEEDS_CASSANDRA_AUTH", "kerberos"),
+            // Service-specific credentials asked for, but none given.
+            ("FEEDS_CASSANDRA_AUTH", "password"),
         ] {
             let err = env(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{name}={value}: {err}");

@@ -81,6 +81,47 @@ async fn follow_edges_are_idempotent_and_listed_in_order(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+
+    // Followed again, even with a request time older than the first edge (a slow request, a
+    // client clock behind): a new edge, listed on both sides.
+    let (stored, created) = store
+        .follow(&FollowEdge {
+            follower: fans[0].clone(),
+            following: star.clone(),
+            created_at: t0 - Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    assert!(created, "following again after an unfollow creates an edge");
+    assert!(stored.created_at.timestamp_micros() >= (t0 - Duration::hours(1)).timestamp_micros());
+    assert!(store.is_following(&fans[0], &star).await.unwrap());
+    assert_eq!(store.followers(&star, None, 10).await.unwrap().len(), 5);
+    let listed = store.following(&fans[0], None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].since, stored.created_at);
+
+    // A following list pages past edges that were unfollowed.
+    let fan = unique("reader");
+    let stars: Vec<String> = (0..6).map(|i| format!("{}_{i}", unique("star"))).collect();
+    for s in &stars {
+        let edge = FollowEdge {
+            follower: fan.clone(),
+            following: s.clone(),
+            created_at: t0,
+        };
+        store.follow(&edge).await.unwrap();
+    }
+    let mut sorted = stars.clone();
+    sorted.sort();
+    for s in &sorted[..3] {
+        store.unfollow(&fan, s).await.unwrap();
+    }
+    let page = store.following(&fan, None, 2).await.unwrap();
+    let names: Vec<_> = page.iter().map(|r| r.user.clone()).collect();
+    assert_eq!(names, sorted[3..5]);
+    let rest = store.following(&fan, Some(&names[1]), 2).await.unwrap();
+    let rest: Vec<_> = rest.iter().map(|r| r.user.clone()).collect();
+    assert_eq!(rest, sorted[5..]);
 }
 
 async fn activities_are_idempotent_by_foreign_id(store: &dyn Store) {
