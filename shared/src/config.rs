@@ -9,8 +9,10 @@ use crate::cursor::CursorCodec;
 use crate::fanout::{Fanout, FanoutSettings};
 use crate::http::App;
 use crate::queue::embedded::EmbeddedQueue;
+#[cfg(feature = "aws")]
 use crate::queue::sqs::{SqsConfig, SqsQueue};
 use crate::queue::Queue;
+#[cfg(feature = "aws")]
 use crate::store::cassandra::{self, CassandraConfig, CassandraStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::Store;
@@ -57,6 +59,8 @@ pub struct Backends {
     pub queue: Arc<dyn Queue>,
     /// Set when the queue is the embedded one, which the standalone server works in-process.
     pub embedded_queue: Option<EmbeddedQueue>,
+    /// Set when the queue is SQS, which the standalone server polls in-process.
+    #[cfg(feature = "aws")]
     pub sqs_queue: Option<SqsQueue>,
     pub fanout: Fanout,
 }
@@ -98,6 +102,7 @@ pub async fn backends(
     };
     let store: Arc<dyn Store> = match store_kind {
         StoreKind::Sqlite => Arc::new(SqliteStore::new(open_sqlite()?)),
+        #[cfg(feature = "aws")]
         StoreKind::Cassandra => {
             let cfg = CassandraConfig::from_env().map_err(|e| ConfigError(e.to_string()))?;
             let session = cassandra::connect(&cfg)
@@ -115,20 +120,37 @@ pub async fn backends(
                     .map_err(|e| ConfigError(e.to_string()))?,
             )
         }
+        #[cfg(not(feature = "aws"))]
+        StoreKind::Cassandra => {
+            return Err(ConfigError(
+                "FEEDS_STORE=cassandra: this build has no Cassandra support (feature `aws`)"
+                    .to_owned(),
+            ))
+        }
     };
-    let (queue, embedded_queue, sqs_queue): (Arc<dyn Queue>, _, _) = match queue_kind {
+    #[cfg(feature = "aws")]
+    let mut sqs_queue = None;
+    let (queue, embedded_queue): (Arc<dyn Queue>, _) = match queue_kind {
         QueueKind::Embedded => {
             let visibility = Duration::from_secs(env_parse("FEEDS_QUEUE_VISIBILITY_SECS", 30)?);
             let max_receives = env_parse("FEEDS_QUEUE_MAX_RECEIVES", 5)?;
             let q = EmbeddedQueue::new(open_sqlite()?, visibility, max_receives)
                 .await
                 .map_err(|e| ConfigError(e.to_string()))?;
-            (Arc::new(q.clone()), Some(q), None)
+            (Arc::new(q.clone()), Some(q))
         }
+        #[cfg(feature = "aws")]
         QueueKind::Sqs => {
             let cfg = SqsConfig::from_env().map_err(ConfigError)?;
             let q = SqsQueue::from_config(&cfg).await;
-            (Arc::new(q.clone()), None, Some(q))
+            sqs_queue = Some(q.clone());
+            (Arc::new(q), None)
+        }
+        #[cfg(not(feature = "aws"))]
+        QueueKind::Sqs => {
+            return Err(ConfigError(
+                "FEEDS_QUEUE=sqs: this build has no SQS support (feature `aws`)".to_owned(),
+            ))
         }
     };
     let settings = FanoutSettings {
@@ -147,6 +169,7 @@ pub async fn backends(
         store,
         queue,
         embedded_queue,
+        #[cfg(feature = "aws")]
         sqs_queue,
         fanout,
     })

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::queue::embedded::EmbeddedQueue;
+#[cfg(feature = "aws")]
 use crate::queue::sqs::SqsQueue;
 use crate::queue::{Queue, QueueError, QueueMessage};
 use crate::store::{IdRange, Store, StoreError, TimelineEntry};
@@ -356,6 +357,7 @@ impl Fanout {
     }
 
     /// Polls SQS in-process (the standalone server on the production-like stack) until `shutdown`.
+    #[cfg(feature = "aws")]
     pub async fn work_sqs(&self, queue: SqsQueue, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {

@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod error;
 pub mod fanout;
 pub mod http;
+#[cfg(feature = "aws")]
 pub mod lambda;
 pub mod model;
 pub mod queue;

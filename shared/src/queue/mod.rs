@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use crate::fanout::FanoutJob;
 
 pub mod embedded;
+#[cfg(feature = "aws")]
 pub mod sqs;
 
 #[derive(Debug, Clone, thiserror::Error)]

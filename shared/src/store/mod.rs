@@ -4,9 +4,12 @@ use async_trait::async_trait;
 
 use crate::model::{Activity, FollowEdge, Relation};
 
+#[cfg(feature = "aws")]
 pub mod cassandra;
+#[cfg(feature = "aws")]
 pub mod sigv4;
 pub mod sqlite;
+#[cfg(feature = "aws")]
 pub mod tls;
 
 #[cfg(test)]
