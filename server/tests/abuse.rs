@@ -688,6 +688,64 @@ async fn raw_http(request: Vec<u8>) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A refused POST (no token) whose body arrives after its headers still leaves its keep-alive
+/// connection usable: the server reads the body before answering `401`, and the client's next
+/// request on the same connection is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_post_leaves_its_keep_alive_connection_usable() {
+    let addr = server().base.trim_start_matches("http://").to_owned();
+    for path in ["/activities", "/follow"] {
+        let body = br#"{"actor": "usr_01", "object": "obj_1"}"#;
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(body).await.unwrap();
+        let first = read_one_response(&mut stream).await;
+        assert!(first.starts_with("HTTP/1.1 401"), "{path}: {first}");
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let second = read_one_response(&mut stream).await;
+        assert!(
+            second.starts_with("HTTP/1.1 200"),
+            "{path}: the next request on the connection: {second:?}"
+        );
+    }
+}
+
+/// Reads one response (head and a Content-Length body) from a keep-alive connection; what was read
+/// so far when the connection closes or stays silent for 10 s.
+async fn read_one_response(stream: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return text,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_64_kib_are_413_and_change_nothing() {
     let api = api();
