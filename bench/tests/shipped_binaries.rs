@@ -67,10 +67,10 @@ async fn invoke(function: &str, mode: &str, env: &[(&str, String)], event_file: 
     let pid = child.id().unwrap();
     let outcome = tokio::select! {
         o = api.outcome(Duration::from_secs(60)) => o,
-        status = child.wait() => None.or_else(|| panic!(
+        status = child.wait() => panic!(
             "{function} exited before answering ({status:?}); its log: {}",
             std::fs::read_to_string(&log_path).unwrap_or_default()
-        )),
+        ),
     };
     let outcome = outcome.unwrap_or_else(|| panic!("{function}: no answer within 60 s"));
     let rss_kib = peak_rss_kib(pid).unwrap_or(0);

@@ -149,7 +149,8 @@ impl CassandraConfig {
         let replication = get("FEEDS_CASSANDRA_REPLICATION").unwrap_or(defaults.replication);
         check_replication("FEEDS_CASSANDRA_REPLICATION", &replication)?;
         let tls = super::tls::TlsSettings::from_lookup(&lookup, &nodes)?;
-        let sigv4_region = match get("FEEDS_CASSANDRA_AUTH").as_deref() {
+        let auth = get("FEEDS_CASSANDRA_AUTH");
+        let sigv4_region = match auth.as_deref() {
             None | Some("password") | Some("none") => None,
             Some("sigv4") => Some(
                 get("FEEDS_CASSANDRA_SIGV4_REGION")
@@ -169,9 +170,7 @@ impl CassandraConfig {
         };
         let username = get("FEEDS_CASSANDRA_USERNAME");
         let password = lookup("FEEDS_CASSANDRA_PASSWORD").filter(|p| !p.is_empty());
-        if get("FEEDS_CASSANDRA_AUTH").as_deref() == Some("password")
-            && (username.is_none() || password.is_none())
-        {
+        if auth.as_deref() == Some("password") && (username.is_none() || password.is_none()) {
             return Err(config_error(
                 "FEEDS_CASSANDRA_AUTH=password needs FEEDS_CASSANDRA_USERNAME and FEEDS_CASSANDRA_PASSWORD"
                     .to_owned(),
