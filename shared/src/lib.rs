@@ -12,4 +12,5 @@ pub mod http;
 pub mod lambda;
 pub mod model;
 pub mod queue;
+pub mod settings;
 pub mod store;
