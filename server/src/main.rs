@@ -4,9 +4,11 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use feeds::config::{self, QueueKind, StoreKind};
+use feeds::config::{self, Backends, Defaults, Settings};
 use feeds::http::{router, Routes};
+use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig};
+use feeds::BoxError;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -24,9 +26,9 @@ struct Cli {
 enum Command {
     /// Serve the API (the default command).
     Serve {
-        /// Address to listen on.
-        #[arg(long, env = "FEEDS_BIND", default_value = "127.0.0.1:3000")]
-        bind: String,
+        /// Address to listen on [default: FEEDS_BIND, or 127.0.0.1:3000].
+        #[arg(long)]
+        bind: Option<String>,
     },
     /// Create the Cassandra keyspace and tables (idempotent).
     Migrate,
@@ -56,10 +58,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve {
-        bind: config::env("FEEDS_BIND").unwrap_or_else(|| "127.0.0.1:3000".into()),
-    }) {
-        Command::Serve { bind } => serve(&bind).await,
+    let result = match cli.command.unwrap_or(Command::Serve { bind: None }) {
+        Command::Serve { bind } => serve(bind).await,
         Command::Migrate => migrate().await,
         Command::MintToken {
             sub,
@@ -80,32 +80,28 @@ async fn main() -> ExitCode {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-async fn serve(bind: &str) -> Result<(), BoxError> {
-    config::init_tracing();
-    let backends = config::backends(StoreKind::Sqlite, QueueKind::Embedded).await?;
-    let app = router(config::app(&backends)?, Routes::All);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+async fn serve(bind: Option<String>) -> Result<(), BoxError> {
+    let settings = config::start(Defaults::EMBEDDED)?;
+    let backends = Backends::open(&settings).await?;
+    let app = router(config::app(&settings, &backends)?, Routes::All);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     let worker = {
-        let fanout = backends.fanout.clone();
-        let rx = stop_rx.clone();
-        match (backends.embedded_queue.clone(), backends.sqs_queue.clone()) {
-            (Some(q), _) => tokio::spawn(async move { fanout.work_embedded(q, stopped(rx)).await }),
-            (None, Some(q)) => tokio::spawn(async move { fanout.work_sqs(q, stopped(rx)).await }),
-            (None, None) => unreachable!("one queue is always configured"),
-        }
+        let (fanout, consumer) = (backends.fanout.clone(), backends.consumer.clone());
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            };
+            fanout.work(consumer.as_ref(), stopped).await
+        })
     };
-    let listener = tokio::net::TcpListener::bind(bind)
+    let bind = bind.unwrap_or_else(|| settings.bind.clone());
+    let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
     tracing::info!(address = %listener.local_addr()?, "feeds server listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            shutdown_signal(&settings).await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         })
@@ -116,9 +112,9 @@ async fn serve(bind: &str) -> Result<(), BoxError> {
 
 /// Ctrl-C, SIGTERM, or (with `FEEDS_EXIT_ON_STDIN_EOF=1`, for supervisors and tests) the end of
 /// standard input, so the server never outlives the process that started it.
-async fn shutdown_signal() {
+async fn shutdown_signal(settings: &Settings) {
     let stdin_closed = async {
-        if config::env("FEEDS_EXIT_ON_STDIN_EOF").as_deref() == Some("1") {
+        if settings.exit_on_stdin_eof {
             // A plain thread: a blocking task would hold up the runtime's shutdown.
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             std::thread::spawn(move || {
@@ -150,8 +146,9 @@ async fn shutdown_signal() {
 }
 
 async fn migrate() -> Result<(), BoxError> {
-    config::init_tracing();
-    let cfg = CassandraConfig::from_env()?;
+    let env = Env::process();
+    config::init_tracing(&config::LogSettings::read(&env)?);
+    let cfg = CassandraConfig::read(&env)?;
     let session = cassandra::connect(&cfg).await?;
     cassandra::migrate(&session, &cfg).await?;
     tracing::info!(keyspace = %cfg.keyspace, "schema is up to date");

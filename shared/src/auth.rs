@@ -169,6 +169,17 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
+    /// Reads the variables of [`AuthConfig::from_env`] through the shared reader.
+    pub fn read(env: &crate::settings::Env) -> Result<Self, crate::settings::SettingsError> {
+        Self::from_lookup(|name| {
+            env.secret(name).map_err(|e| ConfigError::InvalidValue {
+                name,
+                reason: e.message,
+            })
+        })
+        .map_err(|e| crate::settings::SettingsError::new("FEEDS_JWT_*", e.to_string()))
+    }
+
     /// Reads `FEEDS_JWT_PUBLIC_KEY_FILE` (path to PEM), `FEEDS_JWT_PUBLIC_KEY` (PEM text),
     /// `FEEDS_JWKS_FILE` (path), `FEEDS_JWKS` (JSON text), `FEEDS_JWT_ISSUER`,
     /// `FEEDS_JWT_AUDIENCE` and `FEEDS_JWT_LEEWAY_SECS`. With none of the key variables set, falls

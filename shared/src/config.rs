@@ -1,4 +1,5 @@
-//! Configuration from the environment, and the one place clients are built from it.
+//! The process's settings, read once from the environment into one typed [`Settings`], and the one
+//! place the store, the queue, the fan-out, the service and the HTTP app are built from them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,206 +12,320 @@ use crate::http::App;
 use crate::queue::embedded::EmbeddedQueue;
 #[cfg(feature = "aws")]
 use crate::queue::sqs::{SqsConfig, SqsQueue};
-use crate::queue::Queue;
+use crate::queue::{Consumer, Queue, QueueError};
+use crate::service::Feeds;
+pub use crate::settings::{Env, SettingsError};
 #[cfg(feature = "aws")]
 use crate::store::cassandra::{self, CassandraConfig, CassandraStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// A development secret so a fresh checkout works; deployments set `FEEDS_CURSOR_SECRET`.
 const DEV_CURSOR_SECRET: &str = "development cursor secret: set FEEDS_CURSOR_SECRET";
 
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
+/// Every setting of the process. Read once, at start-up, by [`Settings::read`].
+pub struct Settings {
+    pub store: StoreSettings,
+    pub queue: QueueSettings,
+    /// `FEEDS_SQLITE_PATH` (default `feeds.db`): the embedded store's file, which also holds the
+    /// embedded queue.
+    pub sqlite_path: String,
+    pub fanout: FanoutSettings,
+    pub auth: AuthConfig,
+    /// `FEEDS_CURSOR_SECRET`; `None`: the development secret, with a warning.
+    pub cursor_secret: Option<String>,
+    /// `FEEDS_AGGREGATE_BY`: `verb_day` (default) or `verb_actor_day`.
+    pub grouping: Grouping,
+    /// `FEEDS_BIND` (default `127.0.0.1:3000`): where the standalone server listens.
+    pub bind: String,
+    /// `FEEDS_EXIT_ON_STDIN_EOF`: the standalone server stops when its standard input closes.
+    pub exit_on_stdin_eof: bool,
+    pub log: LogSettings,
+}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreKind {
+/// Which store, and its settings.
+pub enum StoreSettings {
+    /// `FEEDS_STORE=sqlite`: the file of [`Settings::sqlite_path`].
     Sqlite,
-    Cassandra,
+    /// `FEEDS_STORE=cassandra` (or `keyspaces`); `FEEDS_CASSANDRA_MIGRATE=true` creates the schema
+    /// at start-up.
+    #[cfg(feature = "aws")]
+    Cassandra {
+        config: Box<CassandraConfig>,
+        migrate: bool,
+    },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueKind {
-    Embedded,
-    Sqs,
+/// Which queue, and its settings.
+pub enum QueueSettings {
+    /// `FEEDS_QUEUE=embedded`: `FEEDS_QUEUE_VISIBILITY_SECS` (default 30) and
+    /// `FEEDS_QUEUE_MAX_RECEIVES` (default 5) before a message is dead-lettered.
+    Embedded {
+        visibility: Duration,
+        max_receives: u32,
+    },
+    /// `FEEDS_QUEUE=sqs`.
+    #[cfg(feature = "aws")]
+    Sqs(SqsConfig),
 }
 
-pub fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+/// How logs are written.
+pub struct LogSettings {
+    /// `FEEDS_LOG_FORMAT=json|text`; `None`: text on a terminal, JSON elsewhere.
+    pub text: Option<bool>,
+    /// Running in Lambda (`AWS_LAMBDA_FUNCTION_NAME` is set), which stamps each line itself.
+    pub in_lambda: bool,
 }
 
-/// Parses an environment variable, naming it when its value does not parse.
-pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    match env(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|e| ConfigError(format!("{name}={v:?} does not parse: {e}"))),
+impl LogSettings {
+    pub fn read(env: &Env) -> Result<Self, SettingsError> {
+        let text = match env.get("FEEDS_LOG_FORMAT")?.as_deref() {
+            None => None,
+            Some("text") => Some(true),
+            Some("json") => Some(false),
+            Some(other) => {
+                return Err(SettingsError::expected(
+                    "FEEDS_LOG_FORMAT",
+                    "json or text",
+                    other,
+                ))
+            }
+        };
+        Ok(LogSettings {
+            text,
+            in_lambda: env.get("AWS_LAMBDA_FUNCTION_NAME")?.is_some(),
+        })
     }
 }
 
+/// The start of every process: logging first (so that reading the settings can warn), then the
+/// settings, from the process environment.
+pub fn start(defaults: Defaults) -> Result<Settings, SettingsError> {
+    let env = Env::process();
+    init_tracing(&LogSettings::read(&env)?);
+    Settings::read(&env, defaults)
+}
+
+/// The store and queue used when `FEEDS_STORE` / `FEEDS_QUEUE` are unset.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub cassandra: bool,
+    pub sqs: bool,
+}
+
+impl Defaults {
+    /// The standalone server: SQLite and the embedded queue.
+    pub const EMBEDDED: Defaults = Defaults {
+        cassandra: false,
+        sqs: false,
+    };
+    /// The Lambda functions: Cassandra / Amazon Keyspaces and SQS.
+    pub const AWS: Defaults = Defaults {
+        cassandra: true,
+        sqs: true,
+    };
+}
+
+impl Settings {
+    pub fn read(env: &Env, defaults: Defaults) -> Result<Self, SettingsError> {
+        let cassandra = match env.get("FEEDS_STORE")?.as_deref() {
+            None => defaults.cassandra,
+            Some("sqlite") => false,
+            Some("cassandra") | Some("keyspaces") => true,
+            Some(other) => {
+                return Err(SettingsError::expected(
+                    "FEEDS_STORE",
+                    "sqlite or cassandra",
+                    other,
+                ))
+            }
+        };
+        let sqs = match env.get("FEEDS_QUEUE")?.as_deref() {
+            None => defaults.sqs,
+            Some("embedded") => false,
+            Some("sqs") => true,
+            Some(other) => {
+                return Err(SettingsError::expected(
+                    "FEEDS_QUEUE",
+                    "embedded or sqs",
+                    other,
+                ))
+            }
+        };
+        let store = match cassandra {
+            false => StoreSettings::Sqlite,
+            #[cfg(feature = "aws")]
+            true => StoreSettings::Cassandra {
+                config: Box::new(CassandraConfig::read(env)?),
+                migrate: env.flag("FEEDS_CASSANDRA_MIGRATE")?.unwrap_or(false),
+            },
+            #[cfg(not(feature = "aws"))]
+            true => {
+                return Err(SettingsError::new(
+                    "FEEDS_STORE",
+                    "this build has no Cassandra support (feature `aws`)",
+                ))
+            }
+        };
+        let queue = match sqs {
+            false => QueueSettings::Embedded {
+                visibility: Duration::from_secs(env.parse_or(
+                    "FEEDS_QUEUE_VISIBILITY_SECS",
+                    "whole seconds",
+                    30,
+                )?),
+                max_receives: env.parse_or("FEEDS_QUEUE_MAX_RECEIVES", "a whole number", 5)?,
+            },
+            #[cfg(feature = "aws")]
+            true => QueueSettings::Sqs(SqsConfig::read(env)?),
+            #[cfg(not(feature = "aws"))]
+            true => {
+                return Err(SettingsError::new(
+                    "FEEDS_QUEUE",
+                    "this build has no SQS support (feature `aws`)",
+                ))
+            }
+        };
+        let fanout_defaults = FanoutSettings::default();
+        let fanout = FanoutSettings {
+            chunk_size: env
+                .parse_or(
+                    "FEEDS_FANOUT_CHUNK_SIZE",
+                    "a whole number",
+                    fanout_defaults.chunk_size,
+                )?
+                .max(1),
+            backfill_limit: env.parse_or(
+                "FEEDS_BACKFILL_LIMIT",
+                "a whole number",
+                fanout_defaults.backfill_limit,
+            )?,
+        };
+        Ok(Settings {
+            store,
+            queue,
+            sqlite_path: env.string_or("FEEDS_SQLITE_PATH", "feeds.db")?,
+            fanout,
+            auth: AuthConfig::read(env)?,
+            cursor_secret: env.secret("FEEDS_CURSOR_SECRET")?,
+            grouping: env.parse_or(
+                "FEEDS_AGGREGATE_BY",
+                "verb_day or verb_actor_day",
+                Grouping::VerbDay,
+            )?,
+            bind: env.string_or("FEEDS_BIND", "127.0.0.1:3000")?,
+            exit_on_stdin_eof: env.flag("FEEDS_EXIT_ON_STDIN_EOF")?.unwrap_or(false),
+            log: LogSettings::read(env)?,
+        })
+    }
+}
+
+/// Why the process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Settings(#[from] SettingsError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot open the fan-out queue: {0}")]
+    Queue(#[from] QueueError),
+}
+
 /// The backends in use; a process builds them once.
+#[derive(Clone)]
 pub struct Backends {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
-    /// Set when the queue is the embedded one, which the standalone server works in-process.
-    pub embedded_queue: Option<EmbeddedQueue>,
-    /// Set when the queue is SQS, which the standalone server polls in-process.
-    #[cfg(feature = "aws")]
-    pub sqs_queue: Option<SqsQueue>,
+    /// The receiving side of the same queue, for an in-process worker.
+    pub consumer: Arc<dyn Consumer>,
     pub fanout: Fanout,
 }
 
-/// Builds store and queue. `default_store`/`default_queue` apply when `FEEDS_STORE`/`FEEDS_QUEUE` are unset.
-pub async fn backends(
-    default_store: StoreKind,
-    default_queue: QueueKind,
-) -> Result<Backends, ConfigError> {
-    let store_kind = match env("FEEDS_STORE").as_deref() {
-        None => default_store,
-        Some("sqlite") => StoreKind::Sqlite,
-        Some("cassandra") | Some("keyspaces") => StoreKind::Cassandra,
-        Some(other) => {
-            return Err(ConfigError(format!(
-                "FEEDS_STORE={other:?}: expected sqlite or cassandra"
-            )))
+impl Backends {
+    pub fn new<Q: Queue + Consumer + Clone>(
+        store: Arc<dyn Store>,
+        queue: Q,
+        settings: FanoutSettings,
+    ) -> Self {
+        let sender: Arc<dyn Queue> = Arc::new(queue.clone());
+        Backends {
+            fanout: Fanout::new(store.clone(), sender.clone(), settings),
+            store,
+            queue: sender,
+            consumer: Arc::new(queue),
         }
-    };
-    let queue_kind = match env("FEEDS_QUEUE").as_deref() {
-        None => default_queue,
-        Some("embedded") => QueueKind::Embedded,
-        Some("sqs") => QueueKind::Sqs,
-        Some(other) => {
-            return Err(ConfigError(format!(
-                "FEEDS_QUEUE={other:?}: expected embedded or sqs"
-            )))
-        }
-    };
-    let mut sqlite: Option<SqliteDb> = None;
-    let mut open_sqlite = || -> Result<SqliteDb, ConfigError> {
-        if let Some(db) = &sqlite {
-            return Ok(db.clone());
-        }
-        let path = env("FEEDS_SQLITE_PATH").unwrap_or_else(|| "feeds.db".to_owned());
-        let db = SqliteDb::open(&path).map_err(|e| ConfigError(e.to_string()))?;
-        sqlite = Some(db.clone());
-        Ok(db)
-    };
-    let store: Arc<dyn Store> = match store_kind {
-        StoreKind::Sqlite => Arc::new(SqliteStore::new(open_sqlite()?)),
-        #[cfg(feature = "aws")]
-        StoreKind::Cassandra => {
-            let cfg = CassandraConfig::from_env().map_err(|e| ConfigError(e.to_string()))?;
-            let session = cassandra::connect(&cfg)
-                .await
-                .map_err(|e| ConfigError(format!("cannot connect to Cassandra: {e}")))?;
-            let session = Arc::new(session);
-            if env_parse("FEEDS_CASSANDRA_MIGRATE", false)? {
-                cassandra::migrate(&session, &cfg)
-                    .await
-                    .map_err(|e| ConfigError(format!("migration failed: {e}")))?;
+    }
+
+    /// Opens the store and the queue the settings name (and migrates Cassandra when asked to).
+    pub async fn open(settings: &Settings) -> Result<Self, StartError> {
+        let mut sqlite: Option<SqliteDb> = None;
+        let mut open_sqlite = || -> Result<SqliteDb, StoreError> {
+            if let Some(db) = &sqlite {
+                return Ok(db.clone());
             }
-            Arc::new(
-                CassandraStore::new(session, &cfg)
-                    .await
-                    .map_err(|e| ConfigError(e.to_string()))?,
-            )
-        }
-        #[cfg(not(feature = "aws"))]
-        StoreKind::Cassandra => {
-            return Err(ConfigError(
-                "FEEDS_STORE=cassandra: this build has no Cassandra support (feature `aws`)"
-                    .to_owned(),
-            ))
-        }
-    };
-    #[cfg(feature = "aws")]
-    let mut sqs_queue = None;
-    let (queue, embedded_queue): (Arc<dyn Queue>, _) = match queue_kind {
-        QueueKind::Embedded => {
-            let visibility = Duration::from_secs(env_parse("FEEDS_QUEUE_VISIBILITY_SECS", 30)?);
-            let max_receives = env_parse("FEEDS_QUEUE_MAX_RECEIVES", 5)?;
-            let q = EmbeddedQueue::new(open_sqlite()?, visibility, max_receives)
-                .await
-                .map_err(|e| ConfigError(e.to_string()))?;
-            (Arc::new(q.clone()), Some(q))
-        }
-        #[cfg(feature = "aws")]
-        QueueKind::Sqs => {
-            let cfg = SqsConfig::from_env().map_err(ConfigError)?;
-            let q = SqsQueue::from_config(&cfg).await;
-            sqs_queue = Some(q.clone());
-            (Arc::new(q), None)
-        }
-        #[cfg(not(feature = "aws"))]
-        QueueKind::Sqs => {
-            return Err(ConfigError(
-                "FEEDS_QUEUE=sqs: this build has no SQS support (feature `aws`)".to_owned(),
-            ))
-        }
-    };
-    let settings = FanoutSettings {
-        chunk_size: env_parse(
-            "FEEDS_FANOUT_CHUNK_SIZE",
-            FanoutSettings::default().chunk_size,
-        )?
-        .max(1),
-        backfill_limit: env_parse(
-            "FEEDS_BACKFILL_LIMIT",
-            FanoutSettings::default().backfill_limit,
-        )?,
-    };
-    let fanout = Fanout::new(store.clone(), queue.clone(), settings);
-    Ok(Backends {
-        store,
-        queue,
-        embedded_queue,
-        #[cfg(feature = "aws")]
-        sqs_queue,
-        fanout,
-    })
+            let db = SqliteDb::open(&settings.sqlite_path)?;
+            sqlite = Some(db.clone());
+            Ok(db)
+        };
+        let store: Arc<dyn Store> = match &settings.store {
+            StoreSettings::Sqlite => Arc::new(SqliteStore::new(open_sqlite()?)),
+            #[cfg(feature = "aws")]
+            StoreSettings::Cassandra { config, migrate } => {
+                let session = Arc::new(cassandra::connect(config).await?);
+                if *migrate {
+                    cassandra::migrate(&session, config).await?;
+                }
+                Arc::new(CassandraStore::new(session, config).await?)
+            }
+        };
+        Ok(match &settings.queue {
+            QueueSettings::Embedded {
+                visibility,
+                max_receives,
+            } => {
+                let queue = EmbeddedQueue::new(open_sqlite()?, *visibility, *max_receives).await?;
+                Backends::new(store, queue, settings.fanout)
+            }
+            #[cfg(feature = "aws")]
+            QueueSettings::Sqs(config) => {
+                Backends::new(store, SqsQueue::from_config(config).await, settings.fanout)
+            }
+        })
+    }
 }
 
 /// The HTTP application over the given backends.
-pub fn app(backends: &Backends) -> Result<App, ConfigError> {
-    let auth = AuthConfig::from_env().map_err(|e| ConfigError(e.to_string()))?;
-    let verifier = Verifier::new(&auth).map_err(|e| ConfigError(e.to_string()))?;
-    let secret = env("FEEDS_CURSOR_SECRET").unwrap_or_else(|| {
+pub fn app(settings: &Settings, backends: &Backends) -> Result<App, SettingsError> {
+    let verifier = Verifier::new(&settings.auth)
+        .map_err(|e| SettingsError::new("FEEDS_JWT_*", e.to_string()))?;
+    let secret = settings.cursor_secret.clone().unwrap_or_else(|| {
         tracing::warn!("FEEDS_CURSOR_SECRET is not set: using the development cursor secret");
         DEV_CURSOR_SECRET.to_owned()
     });
-    let grouping: Grouping = env_parse("FEEDS_AGGREGATE_BY", Grouping::VerbDay)?;
     Ok(App {
-        store: backends.store.clone(),
-        queue: backends.queue.clone(),
+        feeds: Feeds::new(
+            backends.store.clone(),
+            backends.queue.clone(),
+            settings.grouping,
+        ),
         verifier: Arc::new(verifier),
         cursors: CursorCodec::new(secret.as_bytes()),
-        grouping,
     })
 }
 
-/// Structured logs: JSON (for CloudWatch and log pipelines) unless standard error is a terminal;
-/// `FEEDS_LOG_FORMAT=json|text` decides otherwise. `RUST_LOG` filters.
-pub fn init_tracing() {
+/// Structured logs: JSON (for CloudWatch and log pipelines) unless standard error is a terminal, or
+/// as [`LogSettings`] says. `RUST_LOG` filters.
+pub fn init_tracing(log: &LogSettings) {
     use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let text = match env("FEEDS_LOG_FORMAT").as_deref() {
-        Some("text") => true,
-        Some(_) => false,
-        None => std::io::stderr().is_terminal(),
-    };
-    // Lambda stamps every line itself.
-    let in_lambda = env("AWS_LAMBDA_FUNCTION_NAME").is_some();
-    let _ = match (text, in_lambda) {
+    let text = log.text.unwrap_or_else(|| std::io::stderr().is_terminal());
+    let _ = match (text, log.in_lambda) {
         (true, _) => builder.try_init(),
+        // Lambda stamps every line itself.
         (false, true) => builder
             .json()
             .with_current_span(true)
@@ -223,4 +338,44 @@ pub fn init_tracing() {
             .flatten_event(true)
             .try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_name_the_variable_that_does_not_parse() {
+        let read = |pairs: &[(&str, &str)]| {
+            Settings::read(&Env::from_pairs(pairs.iter().copied()), Defaults::EMBEDDED)
+        };
+        let ok = read(&[("FEEDS_FANOUT_CHUNK_SIZE", " 7 "), ("FEEDS_BIND", "")]).unwrap();
+        assert_eq!(ok.fanout.chunk_size, 7);
+        assert_eq!(ok.bind, "127.0.0.1:3000", "an empty value counts as unset");
+        for (name, value) in [
+            ("FEEDS_STORE", "postgres"),
+            ("FEEDS_QUEUE", "kafka"),
+            ("FEEDS_FANOUT_CHUNK_SIZE", "many"),
+            ("FEEDS_QUEUE_MAX_RECEIVES", "-1"),
+            ("FEEDS_AGGREGATE_BY", "verb_week"),
+            ("FEEDS_LOG_FORMAT", "xml"),
+            ("FEEDS_EXIT_ON_STDIN_EOF", "perhaps"),
+        ] {
+            let e = read(&[(name, value)]).err().expect(name);
+            assert_eq!(e.variable, name);
+            assert!(e.message.contains(value), "{e}");
+        }
+    }
+
+    #[cfg(feature = "aws")]
+    #[test]
+    fn an_empty_queue_url_is_refused() {
+        let e = Settings::read(
+            &Env::from_pairs([("FEEDS_QUEUE", "sqs"), ("FEEDS_QUEUE_URL", "  ")]),
+            Defaults::EMBEDDED,
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(e.variable, "FEEDS_QUEUE_URL");
+    }
 }

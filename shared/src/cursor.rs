@@ -7,9 +7,12 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::error::ApiError;
-
 const MAC_LEN: usize = 16;
+
+/// A cursor that was altered, does not parse, or belongs to another list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the cursor is not one this list issued")]
+pub struct InvalidCursor;
 
 #[derive(Clone)]
 pub struct CursorCodec {
@@ -52,9 +55,8 @@ impl CursorCodec {
     }
 
     /// The position of a cursor issued for `list`; any other cursor is a `400`.
-    pub fn decode(&self, list: &str, cursor: &str) -> Result<String, ApiError> {
-        let invalid =
-            || ApiError::bad_request("invalid_cursor", "the cursor is not one this list issued");
+    pub fn decode(&self, list: &str, cursor: &str) -> Result<String, InvalidCursor> {
+        let invalid = || InvalidCursor;
         let (payload_b64, tag_b64) = cursor.split_once('.').ok_or_else(invalid)?;
         let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| invalid())?;
         let tag = URL_SAFE_NO_PAD.decode(tag_b64).map_err(|_| invalid())?;

@@ -1,110 +1,25 @@
-//! One error type for the HTTP API, mapped to status codes and the JSON error body in one place.
+//! The crate's one error for the service's operations. It knows nothing of HTTP: the HTTP edge maps
+//! each variant to a status and a JSON body in one place (`http::error`).
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
-use crate::auth::AuthError;
+use crate::model::ValidationError;
 use crate::queue::QueueError;
 use crate::store::StoreError;
 
-/// `{"error": {"code", "message"}}` with its HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request breaks a rule of the contract; nothing was changed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The principal may not act for that user.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("fan-out queue: {0}")]
+    Queue(#[from] QueueError),
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-    pub fn method_not_allowed() -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this path does not take that method",
-        )
-    }
-    pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is over {limit} bytes"),
-        )
-    }
-    pub fn unsupported_media_type() -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the body must be application/json",
-        )
-    }
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
-        }
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(m) => {
-                ApiError::unavailable(format!("the store is unavailable: {m}"))
-            }
-            StoreError::Internal(m) => ApiError::internal(format!("the store failed: {m}")),
-        }
-    }
-}
-
-impl From<QueueError> for ApiError {
-    fn from(e: QueueError) -> Self {
-        ApiError::unavailable(format!("the fan-out queue is unavailable: {e}"))
-    }
-}
+pub type Result<T, E = Error> = std::result::Result<T, E>;

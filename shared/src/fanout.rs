@@ -5,43 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt};
-use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::queue::embedded::EmbeddedQueue;
-#[cfg(feature = "aws")]
-use crate::queue::sqs::SqsQueue;
-use crate::queue::{Queue, QueueError, QueueMessage};
+use crate::queue::{Consumer, FanoutJob, Queue, QueueError, QueueMessage};
 use crate::store::{IdRange, Store, StoreError, TimelineEntry};
-
-/// One message on the fan-out queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum FanoutJob {
-    /// Copy activity `activity_id` of `actor` into the timelines of `actor`'s followers after `after`.
-    Deliver {
-        activity_id: String,
-        actor: String,
-        after: Option<String>,
-    },
-    /// Remove activity `activity_id` of `actor` from the timelines of `actor`'s followers after `after`.
-    Retract {
-        activity_id: String,
-        actor: String,
-        after: Option<String>,
-    },
-    /// Copy `followee`'s most recent activities into `follower`'s timeline.
-    Backfill { follower: String, followee: String },
-    /// Remove `followee`'s activities from `follower`'s timeline, scanning it from `before`.
-    Purge {
-        follower: String,
-        followee: String,
-        before: Option<String>,
-    },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
@@ -265,8 +234,7 @@ impl Fanout {
 
     /// Runs one raw message.
     pub async fn run_message(&self, body: &str) -> Result<(), FanoutError> {
-        let job: FanoutJob =
-            serde_json::from_str(body).map_err(|e| FanoutError::Unparsable(e.to_string()))?;
+        let job = FanoutJob::decode(body).map_err(|e| FanoutError::Unparsable(e.to_string()))?;
         self.run(&job).await
     }
 
@@ -295,92 +263,38 @@ impl Fanout {
         results.into_iter().flatten().collect()
     }
 
-    /// The Lambda handler's body: an SQS event in, the failed message ids out.
-    pub async fn handle_sqs_event(&self, event: SqsEvent) -> SqsBatchResponse {
-        let messages: Vec<QueueMessage> = event
-            .records
-            .into_iter()
-            .map(|r| QueueMessage {
-                id: r.message_id.unwrap_or_default(),
-                body: r.body.unwrap_or_default(),
-            })
-            .collect();
-        let failed = self.run_batch(&messages).await;
-        tracing::info!(
-            received = messages.len(),
-            failed = failed.len(),
-            "fan-out batch done"
-        );
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failed
-            .into_iter()
-            .map(|id| {
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = id;
-                failure
-            })
-            .collect();
-        response
-    }
-
-    /// Works the embedded queue in-process until `shutdown` resolves.
-    pub async fn work_embedded(
+    /// Works a queue in-process until `shutdown` resolves: receives, runs each batch, and
+    /// acknowledges the messages that did not fail, so that only failed ones are redelivered.
+    pub async fn work(
         &self,
-        queue: EmbeddedQueue,
+        queue: &dyn Consumer,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
         loop {
-            let messages = match queue.receive(10).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the embedded queue");
-                    Vec::new()
-                }
-            };
-            if messages.is_empty() {
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = queue.wait(Duration::from_millis(500)) => continue,
-                }
-            }
-            let failed = self.run_batch(&messages).await;
-            let done: Vec<String> = messages
-                .iter()
-                .map(|m| m.id.clone())
-                .filter(|id| !failed.contains(id))
-                .collect();
-            if let Err(e) = queue.delete(&done).await {
-                tracing::error!(error = %e, "cannot delete handled messages; they will be redelivered");
-            }
-        }
-    }
-
-    /// Polls SQS in-process (the standalone server on the production-like stack) until `shutdown`.
-    #[cfg(feature = "aws")]
-    pub async fn work_sqs(&self, queue: SqsQueue, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
             let received = tokio::select! {
                 _ = &mut shutdown => return,
-                r = queue.receive(1) => r,
+                r = queue.receive(10) => r,
             };
             let received = match received {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot receive from SQS; retrying");
+                    tracing::error!(error = %e, "cannot receive from the fan-out queue; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            let messages: Vec<QueueMessage> = received.iter().map(|(m, _)| m.clone()).collect();
+            if received.is_empty() {
+                continue;
+            }
+            let messages: Vec<QueueMessage> = received.iter().map(|d| d.message.clone()).collect();
             let failed = self.run_batch(&messages).await;
-            for (m, receipt) in &received {
-                if !failed.contains(&m.id) {
-                    if let Err(e) = queue.delete(receipt).await {
-                        tracing::error!(message_id = %m.id, error = %e, "cannot delete a handled message");
-                    }
-                }
+            let handled: Vec<_> = received
+                .into_iter()
+                .filter(|d| !failed.contains(&d.message.id))
+                .collect();
+            if let Err(e) = queue.acknowledge(&handled).await {
+                tracing::error!(error = %e, "cannot delete handled messages; they will be redelivered");
             }
         }
     }
@@ -390,6 +304,7 @@ impl Fanout {
 mod tests {
     use super::*;
     use crate::model::{parse_time, Activity, ActivityId, FollowEdge};
+    use crate::queue::embedded::EmbeddedQueue;
     use crate::store::sqlite::{SqliteDb, SqliteStore};
 
     /// Runs every queued job, in order, until the queue is empty.

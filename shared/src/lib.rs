@@ -1,5 +1,34 @@
-//! Activity feeds: the model, authentication, the stores and the queue, fan-out on write, and the
-//! HTTP API shared by the Lambda functions and the standalone server.
+//! Activity feeds: the model, authentication, the stores and the queue, fan-out on write, the
+//! application service, and the HTTP API shared by the Lambda functions and the standalone server.
+//!
+//! # Layout
+//!
+//! From the core out; a module may use the ones above it, never one below.
+//!
+//! - [`settings`]: the one reader of environment variables and its [`settings::SettingsError`].
+//! - [`model`]: activities, follow edges, ids, times and their validation
+//!   ([`model::ValidationError`]). Uses nothing else of the crate.
+//! - [`cursor`]: opaque, integrity-protected pagination cursors.
+//! - [`auth`]: token verification ([`auth::Verifier`], [`auth::Principal`]) and its settings;
+//!   development token minting behind the `dev` feature.
+//! - [`store`]: the [`store::Store`] interface and its implementations, SQLite and Cassandra /
+//!   Amazon Keyspaces (with its TLS, SigV4 and migration). Uses `model`, `settings`.
+//! - [`queue`]: the fan-out queue's messages ([`queue::FanoutJob`]), its sending
+//!   ([`queue::Queue`]) and receiving ([`queue::Consumer`]) interfaces, the embedded queue and SQS.
+//!   Uses `store` (the embedded queue lives in the SQLite file), `settings`.
+//! - [`aggregate`]: aggregated feeds. Uses `model`, `store`.
+//! - [`fanout`]: runs fan-out jobs and the one in-process worker loop. Uses `store`, `queue`.
+//! - [`error`]: the crate's one error for the service's operations ([`Error`]).
+//! - [`service`]: each operation of the API, with its checks and the ordering (and undo) of its
+//!   writes. Uses all of the above; knows no entry point.
+//! - [`http`]: the axum router, extractors and thin handlers; maps every error to the contract's
+//!   status and JSON body in one place ([`http::ApiError`]). Uses `service`, `auth`, `cursor`.
+//! - [`config`]: the typed [`config::Settings`], read once, and the one place the backends, the
+//!   service and the HTTP app are built from them.
+//! - `lambda` (feature `aws`): the Lambda entry points and the SQS event adapter.
+//!
+//! The entry points (the functions in `functions/`, the server in `server/`) depend on this crate
+//! only, and share nothing else.
 
 pub mod aggregate;
 pub mod auth;
@@ -12,5 +41,11 @@ pub mod http;
 pub mod lambda;
 pub mod model;
 pub mod queue;
+pub mod service;
 pub mod settings;
 pub mod store;
+
+pub use error::{Error, Result};
+
+/// The error of entry points and tools, which only report it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -4,7 +4,22 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::error::ApiError;
+/// A value the contract does not accept: a machine-readable code and a message for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ValidationError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        ValidationError {
+            code,
+            message: message.into(),
+        }
+    }
+}
 
 /// Largest compact JSON accepted in `extra`.
 pub const MAX_EXTRA_BYTES: usize = 8 * 1024;
@@ -38,7 +53,7 @@ pub struct NewActivity {
 
 impl NewActivity {
     /// Checks every field and builds the activity to store, with a fresh id sorted by its `time`.
-    pub fn into_activity(self, now: DateTime<Utc>) -> Result<Activity, ApiError> {
+    pub fn into_activity(self, now: DateTime<Utc>) -> Result<Activity, ValidationError> {
         check_user_id("actor", &self.actor)?;
         check_user_id("object", &self.object)?;
         if let Some(target) = &self.target {
@@ -58,7 +73,7 @@ impl NewActivity {
                 .map(|v| v.len())
                 .unwrap_or(usize::MAX);
             if size > MAX_EXTRA_BYTES {
-                return Err(ApiError::bad_request(
+                return Err(ValidationError::new(
                     "extra_too_large",
                     format!("`extra` is {size} bytes of compact JSON; at most {MAX_EXTRA_BYTES} are accepted"),
                 ));
@@ -150,16 +165,16 @@ pub fn format_time(time: DateTime<Utc>) -> String {
 }
 
 /// Parses an RFC 3339 time (any offset), keeping microsecond precision, as the stores do.
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, ApiError> {
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, ValidationError> {
     let parsed = DateTime::parse_from_rfc3339(text).map_err(|e| {
-        ApiError::bad_request(
+        ValidationError::new(
             "invalid_time",
             format!("`time` is not an RFC 3339 time: {e}"),
         )
     })?;
     let utc = parsed.with_timezone(&Utc);
     if utc.timestamp() < 0 {
-        return Err(ApiError::bad_request(
+        return Err(ValidationError::new(
             "invalid_time",
             "`time` before 1970 is not accepted",
         ));
@@ -184,11 +199,11 @@ pub fn is_valid_user_id(id: &str) -> bool {
 }
 
 /// User, object and foreign ids: 1 to 128 characters of `A-Z a-z 0-9 _ - . : @`.
-pub fn check_user_id(field: &str, id: &str) -> Result<(), ApiError> {
+pub fn check_user_id(field: &str, id: &str) -> Result<(), ValidationError> {
     if is_valid_user_id(id) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
+        Err(ValidationError::new(
             "invalid_id",
             format!("`{field}` must be 1 to 128 characters of A-Z a-z 0-9 _ - . : @"),
         ))
@@ -196,7 +211,7 @@ pub fn check_user_id(field: &str, id: &str) -> Result<(), ApiError> {
 }
 
 /// Verbs: 1 to 64 characters of `a-z 0-9 _ -`.
-pub fn check_verb(verb: &str) -> Result<(), ApiError> {
+pub fn check_verb(verb: &str) -> Result<(), ValidationError> {
     let ok = (1..=64).contains(&verb.len())
         && verb
             .bytes()
@@ -204,7 +219,7 @@ pub fn check_verb(verb: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
+        Err(ValidationError::new(
             "invalid_verb",
             "`verb` must be 1 to 64 characters of a-z 0-9 _ -",
         ))
@@ -215,9 +230,9 @@ pub fn check_verb(verb: &str) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    fn new(json: &str) -> Result<Activity, ApiError> {
+    fn new(json: &str) -> Result<Activity, ValidationError> {
         let body: NewActivity = serde_json::from_str(json)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+            .map_err(|e| ValidationError::new("invalid_json", e.to_string()))?;
         body.into_activity(Utc::now())
     }
 

@@ -9,8 +9,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use tokio::sync::Notify;
 
-use super::{encode, Queue, QueueError, QueueMessage};
-use crate::fanout::FanoutJob;
+use super::{Consumer, Delivery, FanoutJob, Queue, QueueError, QueueMessage};
 use crate::store::sqlite::SqliteDb;
 
 const SCHEMA: &str = "
@@ -145,10 +144,37 @@ impl EmbeddedQueue {
 #[async_trait]
 impl Queue for EmbeddedQueue {
     async fn send(&self, jobs: &[FanoutJob]) -> Result<(), QueueError> {
-        self.send_raw(jobs.iter().map(encode).collect()).await
+        self.send_raw(jobs.iter().map(FanoutJob::encode).collect())
+            .await
     }
 
     async fn health(&self) -> Result<(), QueueError> {
         self.depth().await.map(drop)
+    }
+}
+
+/// How long a receive waits for a message before answering none.
+const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+
+#[async_trait]
+impl Consumer for EmbeddedQueue {
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        let mut messages = EmbeddedQueue::receive(self, max).await?;
+        if messages.is_empty() {
+            self.wait(RECEIVE_WAIT).await;
+            messages = EmbeddedQueue::receive(self, max).await?;
+        }
+        Ok(messages
+            .into_iter()
+            .map(|message| Delivery {
+                receipt: message.id.clone(),
+                message,
+            })
+            .collect())
+    }
+
+    async fn acknowledge(&self, handled: &[Delivery]) -> Result<(), QueueError> {
+        let ids: Vec<String> = handled.iter().map(|d| d.receipt.clone()).collect();
+        self.delete(&ids).await
     }
 }

@@ -1,13 +1,15 @@
 //! The fan-out queue: Amazon SQS in production, a durable table in the embedded SQLite file for the
-//! standalone server. Both carry the same JSON `FanoutJob` messages.
+//! standalone server. Both carry the same JSON [`FanoutJob`] messages, and both are consumed through
+//! the same [`Consumer`] interface by the one worker loop of [`crate::fanout`].
 
 use async_trait::async_trait;
 
-use crate::fanout::FanoutJob;
-
 pub mod embedded;
+mod job;
 #[cfg(feature = "aws")]
 pub mod sqs;
+
+pub use job::FanoutJob;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -20,6 +22,15 @@ pub struct QueueMessage {
     pub body: String,
 }
 
+/// A received message with what its queue needs to acknowledge it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: QueueMessage,
+    /// SQS's receipt handle; the message id for the embedded queue.
+    pub receipt: String,
+}
+
+/// The sending side, used by the HTTP operations and the fan-out.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Sends every job or fails: on `Ok` the queue has accepted all of them.
@@ -28,7 +39,13 @@ pub trait Queue: Send + Sync + 'static {
     async fn health(&self) -> Result<(), QueueError>;
 }
 
-/// Serialises jobs as the queue carries them.
-pub fn encode(job: &FanoutJob) -> String {
-    serde_json::to_string(job).expect("a fan-out job serialises")
+/// The receiving side, used by an in-process worker (the standalone server; on AWS, Lambda's event
+/// source mapping receives instead).
+#[async_trait]
+pub trait Consumer: Send + Sync + 'static {
+    /// Waits a short while (at most about a second) for up to `max` messages; each stays invisible
+    /// to other receivers until it is acknowledged or its visibility timeout passes.
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError>;
+    /// Deletes handled messages; the others are redelivered after their visibility timeout.
+    async fn acknowledge(&self, handled: &[Delivery]) -> Result<(), QueueError>;
 }

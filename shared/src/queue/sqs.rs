@@ -4,8 +4,9 @@ use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 
-use super::{encode, Queue, QueueError, QueueMessage};
-use crate::fanout::FanoutJob;
+use crate::settings::{Env, SettingsError};
+
+use super::{Consumer, Delivery, FanoutJob, Queue, QueueError, QueueMessage};
 
 /// SQS takes at most 10 messages per batch call.
 const SQS_BATCH: usize = 10;
@@ -19,15 +20,13 @@ pub struct SqsConfig {
 
 impl SqsConfig {
     /// `FEEDS_QUEUE_URL` (required) and `FEEDS_SQS_ENDPOINT` (optional).
-    pub fn from_env() -> Result<Self, String> {
-        let queue_url = std::env::var("FEEDS_QUEUE_URL")
-            .map_err(|_| "FEEDS_QUEUE_URL must name the fan-out queue's URL".to_owned())?;
-        let endpoint = std::env::var("FEEDS_SQS_ENDPOINT")
-            .ok()
-            .filter(|s| !s.is_empty());
+    pub fn read(env: &Env) -> Result<Self, SettingsError> {
+        let queue_url = env.get("FEEDS_QUEUE_URL")?.ok_or_else(|| {
+            SettingsError::new("FEEDS_QUEUE_URL", "must name the fan-out queue's URL")
+        })?;
         Ok(SqsConfig {
             queue_url,
-            endpoint,
+            endpoint: env.get("FEEDS_SQS_ENDPOINT")?,
         })
     }
 }
@@ -69,15 +68,20 @@ impl SqsQueue {
     }
 
     /// Long-polls for up to 10 messages; used by the standalone server's worker and by tests.
-    pub async fn receive(
+    pub async fn receive(&self, wait_seconds: i32) -> Result<Vec<Delivery>, QueueError> {
+        self.receive_up_to(SQS_BATCH, wait_seconds).await
+    }
+
+    async fn receive_up_to(
         &self,
+        max: usize,
         wait_seconds: i32,
-    ) -> Result<Vec<(QueueMessage, String)>, QueueError> {
+    ) -> Result<Vec<Delivery>, QueueError> {
         let out = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(SQS_BATCH as i32)
+            .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
             .wait_time_seconds(wait_seconds)
             .send()
             .await
@@ -93,13 +97,13 @@ impl SqsQueue {
             .into_iter()
             .filter_map(|m| {
                 let receipt = m.receipt_handle?;
-                Some((
-                    QueueMessage {
+                Some(Delivery {
+                    message: QueueMessage {
                         id: m.message_id.unwrap_or_default(),
                         body: m.body.unwrap_or_default(),
                     },
                     receipt,
-                ))
+                })
             })
             .collect())
     }
@@ -131,7 +135,7 @@ impl Queue for SqsQueue {
                 .map(|(i, job)| {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
-                        .message_body(encode(job))
+                        .message_body(job.encode())
                         .build()
                         .map_err(|e| QueueError(format!("cannot build an SQS entry: {e}")))
                 })
@@ -176,5 +180,26 @@ impl Queue for SqsQueue {
                 ))
             })?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for SqsQueue {
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        self.receive_up_to(max, 1).await
+    }
+
+    async fn acknowledge(&self, handled: &[Delivery]) -> Result<(), QueueError> {
+        let mut failed = Vec::new();
+        for delivery in handled {
+            if let Err(e) = self.delete(&delivery.receipt).await {
+                failed.push(format!("{}: {e}", delivery.message.id));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(QueueError(failed.join("; ")))
+        }
     }
 }

@@ -113,6 +113,12 @@ impl CassandraConfig {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// Reads the variables of [`CassandraConfig::from_env`] through the shared reader.
+    pub fn read(env: &crate::settings::Env) -> Result<Self, crate::settings::SettingsError> {
+        Self::from_lookup(|name| env.secret(name).ok().flatten())
+            .map_err(|e| crate::settings::SettingsError::new("FEEDS_CASSANDRA_*", e.to_string()))
+    }
+
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, StoreError> {
         let get = |name: &str| {
             lookup(name)

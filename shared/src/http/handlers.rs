@@ -1,0 +1,210 @@
+//! One handler per route: take what the extractors give, call the service, answer.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract::{JsonBody, ListQuery};
+use super::App;
+use crate::aggregate::GroupPosition;
+use crate::auth::Principal;
+use crate::cursor::{CursorCodec, InvalidCursor};
+use crate::model::{Activity, FollowRequest, NewActivity};
+
+type Answer = Result<Response, ApiError>;
+
+#[derive(Serialize)]
+struct Page<T> {
+    results: Vec<T>,
+    next: Option<String>,
+}
+
+/// A page from rows read one beyond `limit`: the extra row says whether a next page exists, and
+/// `next` is the cursor of the last row kept.
+fn page<T: Serialize>(
+    mut rows: Vec<T>,
+    limit: usize,
+    position: impl Fn(&T) -> String,
+    list: &str,
+    cursors: &CursorCodec,
+) -> Response {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|last| cursors.encode(list, &position(last)))
+        })
+        .flatten();
+    Json(Page {
+        results: rows,
+        next,
+    })
+    .into_response()
+}
+
+fn created_or_ok(created: bool, body: impl Serialize) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+impl App {
+    /// The position a cursor of `list` stands for.
+    fn position(&self, list: &str, q: &ListQuery) -> Result<Option<String>, InvalidCursor> {
+        q.cursor
+            .as_deref()
+            .map(|c| self.cursors.decode(list, c))
+            .transpose()
+    }
+}
+
+pub(super) async fn health(State(app): State<App>) -> Response {
+    let health = app.feeds.health().await;
+    let mut failing = serde_json::Map::new();
+    if let Err(e) = health.store {
+        failing.insert("store".into(), json!(e.to_string()));
+    }
+    if let Err(e) = health.queue {
+        failing.insert("queue".into(), json!(e.to_string()));
+    }
+    if failing.is_empty() {
+        return (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();
+    }
+    let names: Vec<&str> = failing.keys().map(String::as_str).collect();
+    let message = format!("unreachable: {}", names.join(", "));
+    let body = json!({"status": "unavailable", "failing": failing, "error": {"code": "unavailable", "message": message}});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+pub(super) async fn follow(
+    State(app): State<App>,
+    principal: Principal,
+    JsonBody(req): JsonBody<FollowRequest>,
+) -> Answer {
+    let (edge, created) = app.feeds.follow(&principal, req).await?;
+    Ok(created_or_ok(created, edge))
+}
+
+pub(super) async fn unfollow(
+    State(app): State<App>,
+    principal: Principal,
+    Path((follower, following)): Path<(String, String)>,
+) -> Answer {
+    app.feeds
+        .unfollow(&principal, &follower, &following)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn post_activity(
+    State(app): State<App>,
+    principal: Principal,
+    JsonBody(new): JsonBody<NewActivity>,
+) -> Answer {
+    let (stored, created) = app.feeds.post(&principal, new).await?;
+    Ok(created_or_ok(created, stored))
+}
+
+pub(super) async fn delete_activity(
+    State(app): State<App>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Answer {
+    app.feeds.delete(&principal, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn flat_feed(
+    State(app): State<App>,
+    principal: Principal,
+    q: ListQuery,
+) -> Answer {
+    let list = format!("flat:{}", principal.sub);
+    let before = app.position(&list, &q)?;
+    let rows = app
+        .feeds
+        .flat(&principal.sub, before.as_deref(), q.limit + 1)
+        .await?;
+    Ok(page(
+        rows,
+        q.limit,
+        |a: &Activity| a.id.clone(),
+        &list,
+        &app.cursors,
+    ))
+}
+
+pub(super) async fn user_feed(
+    State(app): State<App>,
+    Path(user): Path<String>,
+    q: ListQuery,
+) -> Answer {
+    let list = format!("user:{user}");
+    let before = app.position(&list, &q)?;
+    let rows = app
+        .feeds
+        .user_feed(&user, before.as_deref(), q.limit + 1)
+        .await?;
+    Ok(page(
+        rows,
+        q.limit,
+        |a: &Activity| a.id.clone(),
+        &list,
+        &app.cursors,
+    ))
+}
+
+pub(super) async fn aggregated_feed(
+    State(app): State<App>,
+    principal: Principal,
+    q: ListQuery,
+) -> Answer {
+    let list = format!("aggregated:{}", principal.sub);
+    let from = app
+        .position(&list, &q)?
+        .map(|p| GroupPosition::decode(&p).ok_or(InvalidCursor))
+        .transpose()?;
+    let (groups, next) = app.feeds.aggregated(&principal.sub, from, q.limit).await?;
+    let next = next.map(|p| app.cursors.encode(&list, &p.encode()));
+    Ok(Json(Page {
+        results: groups,
+        next,
+    })
+    .into_response())
+}
+
+pub(super) async fn followers(
+    State(app): State<App>,
+    Path(user): Path<String>,
+    q: ListQuery,
+) -> Answer {
+    let list = format!("followers:{user}");
+    let after = app.position(&list, &q)?;
+    let rows = app
+        .feeds
+        .followers(&user, after.as_deref(), q.limit + 1)
+        .await?;
+    Ok(page(rows, q.limit, |r| r.user.clone(), &list, &app.cursors))
+}
+
+pub(super) async fn following(
+    State(app): State<App>,
+    Path(user): Path<String>,
+    q: ListQuery,
+) -> Answer {
+    let list = format!("following:{user}");
+    let after = app.position(&list, &q)?;
+    let rows = app
+        .feeds
+        .following(&user, after.as_deref(), q.limit + 1)
+        .await?;
+    Ok(page(rows, q.limit, |r| r.user.clone(), &list, &app.cursors))
+}

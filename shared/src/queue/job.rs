@@ -1,0 +1,42 @@
+//! The messages the fan-out queue carries: what the producers (the HTTP operations, the fan-out
+//! itself) send, and what the fan-out worker runs.
+
+use serde::{Deserialize, Serialize};
+
+/// One message on the fan-out queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FanoutJob {
+    /// Copy activity `activity_id` of `actor` into the timelines of `actor`'s followers after `after`.
+    Deliver {
+        activity_id: String,
+        actor: String,
+        after: Option<String>,
+    },
+    /// Remove activity `activity_id` of `actor` from the timelines of `actor`'s followers after `after`.
+    Retract {
+        activity_id: String,
+        actor: String,
+        after: Option<String>,
+    },
+    /// Copy `followee`'s most recent activities into `follower`'s timeline.
+    Backfill { follower: String, followee: String },
+    /// Remove `followee`'s activities from `follower`'s timeline, scanning it from `before`.
+    Purge {
+        follower: String,
+        followee: String,
+        before: Option<String>,
+    },
+}
+
+impl FanoutJob {
+    /// The message body the queue carries.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a fan-out job serialises")
+    }
+
+    /// Parses a message body.
+    pub fn decode(body: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+}

@@ -1,0 +1,228 @@
+//! The application service: each operation of the API (post, delete, follow, unfollow, the feed
+//! reads) in one place, with its checks in the contract's order (validity, then authorization) and
+//! the ordering of its store and queue writes, including the undo when the second write fails.
+//! Entry points (HTTP, Lambda) authenticate and translate; they never touch the store or the queue.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::aggregate::{self, AggregatedGroup, GroupPosition, Grouping};
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::model::{
+    check_user_id, truncate_to_micros, Activity, ActivityId, FollowEdge, FollowRequest,
+    NewActivity, Relation, ValidationError,
+};
+use crate::queue::{FanoutJob, Queue, QueueError};
+use crate::store::{IdRange, Store, StoreError};
+
+/// The feeds service over a store and the fan-out queue. Built once per process; cloning is cheap.
+#[derive(Clone)]
+pub struct Feeds {
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    grouping: Grouping,
+}
+
+/// What `GET /health` reports: each dependency, reachable or not.
+pub struct Health {
+    pub store: std::result::Result<(), StoreError>,
+    pub queue: std::result::Result<(), QueueError>,
+}
+
+impl Feeds {
+    pub fn new(store: Arc<dyn Store>, queue: Arc<dyn Queue>, grouping: Grouping) -> Self {
+        Feeds {
+            store,
+            queue,
+            grouping,
+        }
+    }
+
+    pub async fn health(&self) -> Health {
+        let (store, queue) = tokio::join!(self.store.health(), self.queue.health());
+        Health { store, queue }
+    }
+
+    /// Adds the edge (answering whether it is new) and enqueues its backfill.
+    pub async fn follow(
+        &self,
+        principal: &Principal,
+        req: FollowRequest,
+    ) -> Result<(FollowEdge, bool)> {
+        check_user_id("follower", &req.follower)?;
+        check_user_id("following", &req.following)?;
+        if req.follower == req.following {
+            return Err(
+                ValidationError::new("self_follow", "a user cannot follow themselves").into(),
+            );
+        }
+        authorize(
+            principal,
+            &req.follower,
+            "only the follower (or a feeds:admin service) may follow",
+        )?;
+        let edge = FollowEdge {
+            follower: req.follower,
+            following: req.following,
+            created_at: truncate_to_micros(Utc::now()),
+        };
+        let (edge, created) = self.store.follow(&edge).await?;
+        // Backfill also on an existing edge: a retry after a failed enqueue must still backfill.
+        self.queue
+            .send(&[FanoutJob::Backfill {
+                follower: edge.follower.clone(),
+                followee: edge.following.clone(),
+            }])
+            .await?;
+        Ok((edge, created))
+    }
+
+    /// Removes the edge and enqueues the purge of the followee's activities from the follower's feed.
+    pub async fn unfollow(
+        &self,
+        principal: &Principal,
+        follower: &str,
+        following: &str,
+    ) -> Result<()> {
+        check_user_id("follower", follower)?;
+        check_user_id("following", following)?;
+        authorize(
+            principal,
+            follower,
+            "only the follower (or a feeds:admin service) may unfollow",
+        )?;
+        self.store.unfollow(follower, following).await?;
+        self.queue
+            .send(&[FanoutJob::Purge {
+                follower: follower.to_owned(),
+                followee: following.to_owned(),
+                before: None,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the activity (or finds the one first stored with its `foreign_id`) and enqueues its
+    /// fan-out; answers the stored activity and whether it is new.
+    pub async fn post(&self, principal: &Principal, new: NewActivity) -> Result<(Activity, bool)> {
+        let activity = new.into_activity(Utc::now())?;
+        authorize(
+            principal,
+            &activity.actor,
+            "only the actor (or a feeds:admin service) may post its activities",
+        )?;
+        let (stored, created) = self.store.put_activity(&activity).await?;
+        let job = FanoutJob::Deliver {
+            activity_id: stored.id.clone(),
+            actor: stored.actor.clone(),
+            after: None,
+        };
+        // Enqueued on a repeat too: the first attempt may have stored the activity and then failed
+        // to enqueue.
+        if let Err(e) = self.queue.send(&[job]).await {
+            if created {
+                // Without its fan-out the activity must not stay: the client's retry stores it again.
+                if let Err(undo) = self.store.delete_activity(&stored).await {
+                    tracing::error!(activity_id = %stored.id, error = %undo, "cannot undo an activity whose fan-out was not enqueued");
+                }
+            }
+            return Err(e.into());
+        }
+        tracing::info!(activity_id = %stored.id, actor = %stored.actor, created, "activity posted");
+        Ok((stored, created))
+    }
+
+    /// Enqueues the activity's removal from every feed, then deletes it.
+    pub async fn delete(&self, principal: &Principal, id: &str) -> Result<()> {
+        let not_found = || Error::NotFound(format!("no activity {id}"));
+        if !ActivityId::is_valid(id) {
+            return Err(not_found());
+        }
+        let activity = self.store.get_activity(id).await?.ok_or_else(not_found)?;
+        authorize(
+            principal,
+            &activity.actor,
+            "only the actor (or a feeds:admin service) may delete its activities",
+        )?;
+        // The removal first: if the delete then fails, the retry finds the activity and repeats both.
+        self.queue
+            .send(&[FanoutJob::Retract {
+                activity_id: id.to_owned(),
+                actor: activity.actor.clone(),
+                after: None,
+            }])
+            .await?;
+        self.store.delete_activity(&activity).await?;
+        Ok(())
+    }
+
+    /// `owner`'s flat feed, newest first, ids before `before`.
+    pub async fn flat(
+        &self,
+        owner: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Activity>> {
+        Ok(self.store.timeline(owner, range(before), limit).await?)
+    }
+
+    /// `user`'s own activities, newest first, ids before `before`.
+    pub async fn user_feed(
+        &self,
+        user: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Activity>> {
+        check_user_id("user", user)?;
+        Ok(self.store.user_feed(user, range(before), limit).await?)
+    }
+
+    /// A page of `owner`'s aggregated feed from `from`, and where the next page starts.
+    pub async fn aggregated(
+        &self,
+        owner: &str,
+        from: Option<GroupPosition>,
+        limit: usize,
+    ) -> Result<(Vec<AggregatedGroup>, Option<GroupPosition>)> {
+        Ok(aggregate::page(self.store.as_ref(), owner, from, limit, self.grouping).await?)
+    }
+
+    /// `user`'s followers ordered by id, after `after`.
+    pub async fn followers(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Relation>> {
+        check_user_id("user", user)?;
+        Ok(self.store.followers(user, after, limit).await?)
+    }
+
+    /// The users `user` follows, ordered by id, after `after`.
+    pub async fn following(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Relation>> {
+        check_user_id("user", user)?;
+        Ok(self.store.following(user, after, limit).await?)
+    }
+}
+
+fn authorize(principal: &Principal, user: &str, refusal: &'static str) -> Result<()> {
+    if principal.may_act_for(user) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(refusal))
+    }
+}
+
+fn range(before: Option<&str>) -> IdRange<'_> {
+    IdRange {
+        before,
+        not_before: None,
+    }
+}
