@@ -12,6 +12,16 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 log() { echo "test.sh: $*" >&2; }
+# Runs one stage and logs its time; the summary at the end lists them all.
+t_all=$SECONDS
+timings=()
+stage() {
+  local name=$1 t=$SECONDS
+  shift
+  log "$name"
+  "$@"
+  timings+=("$(printf '%5d s  %s' $((SECONDS - t)) "$name")")
+}
 
 started=()
 cleanup() {
@@ -21,42 +31,45 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for service in cassandra elasticmq cassandra-auth; do
-  if bash "scripts/$service.sh" status >/dev/null 2>&1; then
-    log "$service is already running: using it"
-  else
-    bash "scripts/$service.sh" start
-    started+=("$service")
-  fi
-done
+start_services() {
+  for service in cassandra elasticmq cassandra-auth; do
+    if bash "scripts/$service.sh" status >/dev/null 2>&1; then
+      log "$service is already running: using it"
+    else
+      bash "scripts/$service.sh" start
+      started+=("$service")
+    fi
+  done
+}
+stage "starting Cassandra, the password-auth node and ElasticMQ" start_services
 
 export FEEDS_CASSANDRA_NODES=${FEEDS_CASSANDRA_NODES:-127.0.0.1:9042}
 export FEEDS_SQS_ENDPOINT=${FEEDS_SQS_ENDPOINT:-http://127.0.0.1:9324}
 # ElasticMQ takes any credentials; the SDK only needs some.
 export AWS_REGION=${AWS_REGION:-us-east-1} AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local}
 
-log "checking formatting"
-cargo fmt --all -- --check
-log "running the tests"
-cargo test --workspace --locked --no-fail-fast
+stage "checking formatting" cargo fmt --all -- --check
+stage "clippy: every target of every crate, warnings are errors" \
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+stage "building the tests" cargo test --workspace --locked --no-run
+stage "running the tests" cargo test --workspace --locked --no-fail-fast
 
-log "building the functions' release binaries and starting each as Lambda does"
-cargo build --release --locked -p follow -p post-activity -p get-feed -p fanout
-cargo test --locked -p feeds-bench --test shipped_binaries -- --ignored --nocapture --test-threads=1
+stage "building the functions' release binaries" \
+  cargo build --release --locked -p follow -p post-activity -p get-feed -p fanout
+stage "starting each release binary as Lambda does" \
+  cargo test --locked -p feeds-bench --test shipped_binaries -- --ignored --nocapture --test-threads=1
 
-log "benchmark smoke check (tiny size, debug binaries: the numbers mean nothing)"
-FEEDS_BENCH_PROFILE=dev bash scripts/bench.sh --tiny
+stage "benchmark smoke check (tiny size, debug binaries: the numbers mean nothing)" \
+  env FEEDS_BENCH_PROFILE=dev bash scripts/bench.sh --tiny
 
-log "Schemathesis against openapi.json and the standalone server"
-bash scripts/schemathesis.sh
+stage "Schemathesis against openapi.json and the standalone server" bash scripts/schemathesis.sh
 
 if [[ ${FEEDS_SKIP_FUZZ:-0} != 1 ]]; then
-  log "fuzzing each target for a bounded time"
-  bash scripts/fuzz.sh "${FEEDS_FUZZ_SECONDS:-30}"
+  stage "fuzzing each target for a bounded time" bash scripts/fuzz.sh "${FEEDS_FUZZ_SECONDS:-30}"
 fi
 
 if [[ ${FEEDS_SKIP_SAM:-0} != 1 ]]; then
-  log "validating and building the SAM template"
-  bash scripts/sam-check.sh
+  stage "validating and building the SAM template" bash scripts/sam-check.sh
 fi
-log "all passed"
+log "all passed in $((SECONDS - t_all)) s; by stage:"
+printf 'test.sh: %s\n' "${timings[@]}" >&2
