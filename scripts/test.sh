@@ -69,7 +69,8 @@ if [[ ${FEEDS_SKIP_FUZZ:-0} != 1 ]]; then
 fi
 
 if [[ ${FEEDS_SKIP_SAM:-0} != 1 ]]; then
-  stage "validating and building the SAM template" bash scripts/sam-check.sh
+  stage "validating and building the SAM template (quick profile)" \
+    env FEEDS_SAM_QUICK=1 bash scripts/sam-check.sh
 fi
 log "all passed in $((SECONDS - t_all)) s; by stage:"
 printf 'test.sh: %s\n' "${timings[@]}" >&2
