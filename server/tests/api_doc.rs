@@ -37,8 +37,14 @@ fn the_page_has_one_section_per_documented_operation() {
     assert!(documented.len() >= 10, "openapi.json lists {documented:?}");
     let missing: Vec<_> = documented.difference(&sections).collect();
     let extra: Vec<_> = sections.difference(&documented).collect();
-    assert!(missing.is_empty(), "docs/API.md has no section for {missing:?}");
-    assert!(extra.is_empty(), "docs/API.md describes operations openapi.json does not: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/API.md has no section for {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "docs/API.md describes operations openapi.json does not: {extra:?}"
+    );
 }
 
 #[test]
@@ -69,6 +75,9 @@ fn the_page_links_only_to_files_of_the_repository() {
             continue;
         }
         let path = std::path::Path::new(root).join(target);
-        assert!(path.exists(), "docs/API.md links to {target}, which does not exist");
+        assert!(
+            path.exists(),
+            "docs/API.md links to {target}, which does not exist"
+        );
     }
 }

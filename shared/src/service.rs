@@ -189,26 +189,38 @@ impl Feeds {
         Ok(aggregate::page(self.store.as_ref(), owner, from, limit, self.grouping).await?)
     }
 
-    /// `user`'s followers ordered by id, after `after`.
-    pub async fn followers(
+    /// `user`'s followers, or the users `user` follows, ordered by id, after `after`.
+    pub async fn relations(
         &self,
+        side: Side,
         user: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Relation>> {
         check_user_id("user", user)?;
-        Ok(self.store.followers(user, after, limit).await?)
+        Ok(match side {
+            Side::Followers => self.store.followers(user, after, limit).await?,
+            Side::Following => self.store.following(user, after, limit).await?,
+        })
     }
+}
 
-    /// The users `user` follows, ordered by id, after `after`.
-    pub async fn following(
-        &self,
-        user: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Relation>> {
-        check_user_id("user", user)?;
-        Ok(self.store.following(user, after, limit).await?)
+/// Which side of a user's follow edges a list walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Who follows the user.
+    Followers,
+    /// Whom the user follows.
+    Following,
+}
+
+impl Side {
+    /// The list's name in cursors and paths.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Followers => "followers",
+            Side::Following => "following",
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use crate::aggregate::GroupPosition;
 use crate::auth::Principal;
 use crate::cursor::{CursorCodec, InvalidCursor};
 use crate::model::{Activity, FollowRequest, NewActivity};
+use crate::service::Side;
 
 type Answer = Result<Response, ApiError>;
 
@@ -181,30 +182,25 @@ pub(super) async fn aggregated_feed(
     .into_response())
 }
 
-pub(super) async fn followers(
-    State(app): State<App>,
-    Path(user): Path<String>,
-    q: ListQuery,
-) -> Answer {
-    let list = format!("followers:{user}");
-    let after = app.position(&list, &q)?;
-    let rows = app
-        .feeds
-        .followers(&user, after.as_deref(), q.limit + 1)
-        .await?;
-    Ok(page(rows, q.limit, |r| r.user.clone(), &list, &app.cursors))
+pub(super) async fn followers(state: State<App>, user: Path<String>, q: ListQuery) -> Answer {
+    relations(state, Side::Followers, user, q).await
 }
 
-pub(super) async fn following(
+pub(super) async fn following(state: State<App>, user: Path<String>, q: ListQuery) -> Answer {
+    relations(state, Side::Following, user, q).await
+}
+
+async fn relations(
     State(app): State<App>,
+    side: Side,
     Path(user): Path<String>,
     q: ListQuery,
 ) -> Answer {
-    let list = format!("following:{user}");
+    let list = format!("{}:{user}", side.name());
     let after = app.position(&list, &q)?;
     let rows = app
         .feeds
-        .following(&user, after.as_deref(), q.limit + 1)
+        .relations(side, &user, after.as_deref(), q.limit + 1)
         .await?;
     Ok(page(rows, q.limit, |r| r.user.clone(), &list, &app.cursors))
 }
