@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use feeds::config::{self, QueueKind, StoreKind};
 use feeds::http::{router, Routes};
+use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig};
 use tokio::sync::watch;
 
@@ -151,7 +152,7 @@ async fn shutdown_signal() {
 
 async fn migrate() -> Result<(), BoxError> {
     config::init_tracing();
-    let cfg = CassandraConfig::from_env()?;
+    let cfg = CassandraConfig::read(&Env::process())?;
     let session = cassandra::connect(&cfg).await?;
     cassandra::migrate(&session, &cfg).await?;
     tracing::info!(keyspace = %cfg.keyspace, "schema is up to date");

@@ -104,7 +104,8 @@ pub async fn backends(
         StoreKind::Sqlite => Arc::new(SqliteStore::new(open_sqlite()?)),
         #[cfg(feature = "aws")]
         StoreKind::Cassandra => {
-            let cfg = CassandraConfig::from_env().map_err(|e| ConfigError(e.to_string()))?;
+            let cfg = CassandraConfig::read(&crate::settings::Env::process())
+                .map_err(|e| ConfigError(e.to_string()))?;
             let session = cassandra::connect(&cfg)
                 .await
                 .map_err(|e| ConfigError(format!("cannot connect to Cassandra: {e}")))?;
