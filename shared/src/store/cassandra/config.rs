@@ -47,7 +47,8 @@ impl Default for CassandraConfig {
 
 impl CassandraConfig {
     /// Reads `FEEDS_CASSANDRA_NODES` (comma-separated `host:port`), `FEEDS_CASSANDRA_KEYSPACE`,
-    /// `FEEDS_CASSANDRA_USERNAME`, `FEEDS_CASSANDRA_PASSWORD`, `FEEDS_CASSANDRA_AUTH`,
+    /// `FEEDS_CASSANDRA_USERNAME`, `FEEDS_CASSANDRA_PASSWORD`, `FEEDS_CASSANDRA_AUTH` (`sigv4`
+    /// signs in `FEEDS_CASSANDRA_SIGV4_REGION`, else `AWS_REGION`),
     /// `FEEDS_CASSANDRA_CONNECT_TIMEOUT_MS`, `FEEDS_CASSANDRA_REQUEST_TIMEOUT_MS`,
     /// `FEEDS_CASSANDRA_REPLICATION` and the TLS variables; unset variables take the defaults of
     /// [`CassandraConfig::default`].

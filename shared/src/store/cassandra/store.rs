@@ -89,7 +89,7 @@ pub struct CassandraStore {
 
 impl CassandraStore {
     /// Prepares every statement against the tables of `cfg.keyspace` (run
-    /// [`migrate`](super::migrate) first).
+    /// [`migrate`](fn@super::migrate) first).
     pub async fn new(session: Arc<Session>, cfg: &CassandraConfig) -> Result<Self, StoreError> {
         let ks = cfg.checked_keyspace()?;
         let s = session.as_ref();
