@@ -14,6 +14,7 @@ use feeds::http::Routes;
 use feeds::model::Activity;
 use feeds::queue::sqs::{SqsConfig, SqsQueue};
 use feeds::queue::Queue;
+use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use feeds::store::{IdRange, Store};
 use futures::{StreamExt, TryStreamExt};
@@ -45,14 +46,14 @@ pub struct Cass {
 }
 
 pub async fn open() -> Result<Cass, BoxError> {
-    let mut cfg = CassandraConfig::from_env()?;
+    let mut cfg = CassandraConfig::read(&Env::process())?;
     cfg.keyspace = KEYSPACE.to_owned();
     let session = cassandra::connect(&cfg).await?;
     cassandra::migrate(&session, &cfg).await?;
     let store = Arc::new(CassandraStore::new(Arc::new(session), &cfg).await?);
     let raw = Arc::new(cassandra::connect(&cfg).await?);
     let ks = KEYSPACE;
-    // The store's own statements, character for character (shared/src/store/cassandra.rs).
+    // The store's own statements, character for character (shared/src/store/cassandra/store.rs).
     let timeline_insert = raw.prepare(format!("INSERT INTO {ks}.timeline (owner, id, actor, verb, object, target, time_us, foreign_id, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?;
     let follower_insert = raw
         .prepare(format!(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use feeds::queue::sqs::SqsConfig;
+use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{IdRange, Store};
@@ -173,7 +174,7 @@ async fn release_binaries_answer_their_sample_events_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the release binaries: scripts/test.sh builds them and runs this"]
 async fn release_binaries_answer_their_sample_events_on_cassandra_and_sqs() {
-    let mut cfg = CassandraConfig::from_env().unwrap();
+    let mut cfg = CassandraConfig::read(&Env::process()).unwrap();
     cfg.keyspace = KEYSPACE.into();
     let session = cassandra::connect(&cfg)
         .await

@@ -8,6 +8,7 @@ use feeds::config::Backends;
 use feeds::fanout::Fanout;
 use feeds::http::{router, Routes};
 use feeds::queue::sqs::{SqsConfig, SqsQueue};
+use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use lambda_http::request::LambdaRequest;
 use lambda_http::tower::Service;
@@ -31,7 +32,7 @@ async fn invoke(router: &axum::Router, event: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_succeeds_after_cassandra_restarts_between_invocations() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let mut cfg = CassandraConfig::from_env().unwrap();
+    let mut cfg = CassandraConfig::read(&Env::process()).unwrap();
     cfg.keyspace = "feeds_restart_test".into();
     // Built once, as a Lambda `main` does.
     let session = cassandra::connect(&cfg)

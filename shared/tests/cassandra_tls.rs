@@ -19,8 +19,8 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use feeds::store::cassandra::tls::TlsSettings;
 use feeds::store::cassandra::{connect, CassandraConfig};
-use feeds::store::tls::TlsSettings;
 use feeds::store::StoreError;
 use scylla::client::session::Session;
 use tokio::net::{TcpListener, TcpStream};

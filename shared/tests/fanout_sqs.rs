@@ -12,6 +12,7 @@ use feeds::fanout::{Fanout, FanoutJob, FanoutSettings};
 use feeds::model::{parse_time, Activity, ActivityId, FollowEdge};
 use feeds::queue::sqs::{SqsConfig, SqsQueue};
 use feeds::queue::Queue;
+use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use feeds::store::{IdRange, Store};
 use futures::stream::{self, StreamExt};
@@ -26,7 +27,7 @@ fn unique(prefix: &str) -> String {
 /// and each test has its own runtime. The schema is migrated once.
 async fn store() -> Arc<CassandraStore> {
     static MIGRATED: OnceCell<()> = OnceCell::const_new();
-    let mut cfg = CassandraConfig::from_env().unwrap();
+    let mut cfg = CassandraConfig::read(&Env::process()).unwrap();
     cfg.keyspace = "feeds_fanout_test".into();
     let session = cassandra::connect(&cfg)
         .await

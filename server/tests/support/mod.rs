@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use feeds::queue::sqs::{SqsConfig, SqsQueue};
+use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::Value;
@@ -363,7 +364,7 @@ impl Drop for KeepRunning {
 
 /// A Cassandra store on keyspace `keyspace` (migrated), for seeding and reading directly.
 pub async fn cassandra_store(keyspace: &str) -> Arc<CassandraStore> {
-    let mut cfg = CassandraConfig::from_env().unwrap();
+    let mut cfg = CassandraConfig::read(&Env::process()).unwrap();
     cfg.keyspace = keyspace.into();
     let session = cassandra::connect(&cfg)
         .await

@@ -6,11 +6,7 @@ use crate::model::{Activity, FollowEdge, Relation};
 
 #[cfg(feature = "aws")]
 pub mod cassandra;
-#[cfg(feature = "aws")]
-pub mod sigv4;
 pub mod sqlite;
-#[cfg(feature = "aws")]
-pub mod tls;
 
 #[cfg(test)]
 pub mod conformance;

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
+use aws_sigv4::sign::v4;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
 use scylla::authentication::{AuthError, AuthenticatorProvider, AuthenticatorSession};
 use sha2::{Digest, Sha256};
 
@@ -228,8 +228,9 @@ fn signature(
         timestamp(time),
         hex(&Sha256::digest(request.as_bytes()))
     );
-    let key = signing_key(secret_access_key, &date, region);
-    hex(&hmac_sha256(&key, string_to_sign.as_bytes()))
+    // aws_sigv4 can't form Keyspaces' request (ms dates, nonce payload): used to key and sign only.
+    let key = v4::generate_signing_key(secret_access_key, time.into(), region, SERVICE);
+    v4::calculate_signature(key, string_to_sign.as_bytes())
 }
 
 /// `yyyy-mm-ddThh:mm:ss.mmmZ`, milliseconds truncated.
@@ -262,22 +263,6 @@ fn canonical_request(access_key_id: &str, scope: &str, timestamp: &str, nonce: &
         query.join("&"),
         hex(&Sha256::digest(nonce.as_bytes()))
     )
-}
-
-fn signing_key(secret_access_key: &str, date: &str, region: &str) -> [u8; 32] {
-    let key = hmac_sha256(
-        format!("AWS4{secret_access_key}").as_bytes(),
-        date.as_bytes(),
-    );
-    let key = hmac_sha256(&key, region.as_bytes());
-    let key = hmac_sha256(&key, SERVICE.as_bytes());
-    hmac_sha256(&key, b"aws4_request")
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(data);
-    mac.finalize().into_bytes().into()
 }
 
 /// SigV4 URI encoding: everything but `A-Z a-z 0-9 - _ . ~` as `%XX`.
@@ -377,8 +362,8 @@ mod tests {
 
     #[test]
     fn vector_signing_key() {
-        let key = signing_key(SECRET, &date_stamp(vector_time()), REGION);
-        assert_eq!(hex(&key), SIGNING_KEY);
+        let key = v4::generate_signing_key(SECRET, vector_time().into(), REGION, SERVICE);
+        assert_eq!(hex(key.as_ref()), SIGNING_KEY);
     }
 
     #[test]

@@ -24,11 +24,12 @@ use rustls::{
     SignatureScheme,
 };
 
-use super::StoreError;
+use crate::settings::{Env, SettingsError};
+use crate::store::StoreError;
 
 /// The root CAs that Amazon Keyspaces' certificates chain to (Amazon Root CA 1 to 4, Starfield
 /// Services Root CA G2, Starfield Class 2): the default trust of [`TlsSettings`].
-pub const AMAZON_ROOT_CAS: &str = include_str!("../../../etc/certs/amazon-keyspaces-roots.pem");
+pub const AMAZON_ROOT_CAS: &str = include_str!("../../../../etc/certs/amazon-keyspaces-roots.pem");
 
 /// The port Amazon Keyspaces serves CQL over TLS on: nodes on it get TLS unless told otherwise.
 pub const KEYSPACES_TLS_PORT: u16 = 9142;
@@ -45,51 +46,34 @@ pub struct TlsSettings {
 impl TlsSettings {
     /// Reads `FEEDS_CASSANDRA_TLS` (`true` or `false`; default `true` when every node's port is
     /// 9142), `FEEDS_CASSANDRA_TLS_CA_FILE` (default: the bundled Amazon roots) and
-    /// `FEEDS_CASSANDRA_TLS_SERVER_NAME` (default: see [`default_server_name`]) through `lookup`.
-    /// `None`: plain TCP.
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-        nodes: &[String],
-    ) -> Result<Option<Self>, StoreError> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let enabled = match get("FEEDS_CASSANDRA_TLS") {
+    /// `FEEDS_CASSANDRA_TLS_SERVER_NAME` (default: see [`default_server_name`]). `None`: plain TCP.
+    pub fn read(env: &Env, nodes: &[String]) -> Result<Option<Self>, SettingsError> {
+        let enabled = match env.flag("FEEDS_CASSANDRA_TLS")? {
+            Some(enabled) => enabled,
             None => {
                 !nodes.is_empty() && nodes.iter().all(|n| port_of(n) == Some(KEYSPACES_TLS_PORT))
             }
-            Some(text) => match text.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => {
-                    return Err(tls_config_error(format!(
-                        "FEEDS_CASSANDRA_TLS must be true or false, not {text:?}"
-                    )))
-                }
-            },
         };
         if !enabled {
             return Ok(None);
         }
-        let server_name = match get("FEEDS_CASSANDRA_TLS_SERVER_NAME") {
+        const SERVER_NAME: &str = "FEEDS_CASSANDRA_TLS_SERVER_NAME";
+        let server_name = match env.get(SERVER_NAME)? {
             Some(name) => {
-                parse_server_name(&name).map_err(|e| {
-                    tls_config_error(format!("FEEDS_CASSANDRA_TLS_SERVER_NAME: {e}"))
-                })?;
+                parse_server_name(&name).map_err(|e| SettingsError::new(SERVER_NAME, e))?;
                 name
             }
-            None => default_server_name(nodes, get("AWS_REGION").as_deref()).ok_or_else(|| {
-                tls_config_error(
-                    "TLS is on but no server name can be derived from the nodes: set \
-                     FEEDS_CASSANDRA_TLS_SERVER_NAME"
-                        .to_owned(),
-                )
-            })?,
+            None => {
+                default_server_name(nodes, env.get("AWS_REGION")?.as_deref()).ok_or_else(|| {
+                    SettingsError::new(
+                        SERVER_NAME,
+                        "TLS is on but no server name can be derived from the nodes: set it",
+                    )
+                })?
+            }
         };
         Ok(Some(TlsSettings {
-            ca_file: get("FEEDS_CASSANDRA_TLS_CA_FILE").map(PathBuf::from),
+            ca_file: env.get("FEEDS_CASSANDRA_TLS_CA_FILE")?.map(PathBuf::from),
             server_name,
         }))
     }
@@ -325,15 +309,13 @@ fn utc(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn settings(pairs: &[(&str, &str)], nodes: &[&str]) -> Result<Option<TlsSettings>, StoreError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    fn settings(
+        pairs: &[(&str, &str)],
+        nodes: &[&str],
+    ) -> Result<Option<TlsSettings>, SettingsError> {
         let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
-        TlsSettings::from_lookup(|name| map.get(name).cloned(), &nodes)
+        TlsSettings::read(&Env::from_pairs(pairs.to_vec()), &nodes)
     }
 
     #[test]
@@ -392,11 +374,12 @@ mod tests {
             ("FEEDS_CASSANDRA_TLS", "maybe"),
             ("FEEDS_CASSANDRA_TLS_SERVER_NAME", "bad name"),
         ] {
-            let err = settings(&[("FEEDS_CASSANDRA_TLS", "true"), (name, value)], &["h:1"])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(name), "{name}={value}: {err}");
+            let err =
+                settings(&[("FEEDS_CASSANDRA_TLS", "true"), (name, value)], &["h:1"]).unwrap_err();
+            assert_eq!(err.variable, name, "{name}={value}: {err}");
         }
+        let nameless = settings(&[("FEEDS_CASSANDRA_TLS", "true")], &[]).unwrap_err();
+        assert_eq!(nameless.variable, "FEEDS_CASSANDRA_TLS_SERVER_NAME");
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! The schema: `etc/schema.cql` applied inside the configured keyspace, and on Amazon Keyspaces
+//! the wait until every keyspace and table it creates is ready.
+
+use std::time::Duration;
+
+use scylla::client::session::Session;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::Statement;
+
+use super::errors::store_error;
+use super::rows::{KeyspaceRow, TableStatusRow};
+use super::CassandraConfig;
+use crate::store::StoreError;
+
+/// The schema, applied by [`migrate`] inside the configured keyspace.
+const SCHEMA: &str = include_str!("../../../../etc/schema.cql");
+
+/// Tables written `USING TIMESTAMP` (see `EdgeState`), which Amazon Keyspaces must be told to
+/// accept: `template.yaml` sets `ClientSideTimestampsEnabled` on them, `migrate` alters them.
+pub const CLIENT_SIDE_TIMESTAMP_TABLES: [&str; 1] = ["followers"];
+
+/// Timeout of each schema statement (DDL takes longer than a data request).
+const DDL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long [`migrate`] waits for Amazon Keyspaces to finish creating a keyspace or table.
+const DDL_WAIT: Duration = Duration::from_secs(300);
+
+/// Creates the keyspace (with `cfg.replication`) and every table of `etc/schema.cql` in it, then
+/// waits until the cluster agrees on the schema (and, on Amazon Keyspaces, until every table is
+/// `ACTIVE`). Safe to run again: every statement is `IF NOT EXISTS`.
+pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), StoreError> {
+    let keyspace = cfg.checked_keyspace()?;
+    let replication = cfg.checked_replication()?;
+    let statements = schema_statements(SCHEMA, keyspace)?;
+    run_ddl(
+        session,
+        format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"),
+    )
+    .await?;
+    let amazon_keyspaces = is_amazon_keyspaces(session).await?;
+    if amazon_keyspaces {
+        // A keyspace is listed there once it is ready.
+        const CQL: &str =
+            "SELECT keyspace_name FROM system_schema_mcs.keyspaces WHERE keyspace_name = ?";
+        let what = format!("keyspace {keyspace}");
+        wait_for_ddl(session, &what, CQL, (keyspace,), |_: &KeyspaceRow| true).await?;
+    }
+    for (table, cql) in statements {
+        run_ddl(session, cql).await?;
+        if amazon_keyspaces {
+            const CQL: &str = "SELECT status FROM system_schema_mcs.tables WHERE keyspace_name = ? AND table_name = ?";
+            let what = format!("table {keyspace}.{table}");
+            let active = |row: &TableStatusRow| row.status.as_deref() == Some("ACTIVE");
+            wait_for_ddl(session, &what, CQL, (keyspace, table.as_str()), active).await?;
+            // Keyspaces takes `USING TIMESTAMP` only on tables that enable it (once, for good);
+            // Cassandra always does and knows no such property.
+            if CLIENT_SIDE_TIMESTAMP_TABLES.contains(&table.as_str()) {
+                run_ddl(session, format!("ALTER TABLE {keyspace}.{table} WITH custom_properties = {{'client_side_timestamps': {{'status': 'enabled'}}}}")).await?;
+                wait_for_ddl(session, &what, CQL, (keyspace, table.as_str()), active).await?;
+            }
+        }
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| store_error("migrate: schema agreement", e))?;
+    Ok(())
+}
+
+async fn run_ddl(session: &Session, cql: String) -> Result<(), StoreError> {
+    let op = format!("migrate: `{cql}`");
+    let mut statement = Statement::new(cql);
+    statement.set_request_timeout(Some(DDL_TIMEOUT));
+    session
+        .query_unpaged(statement, ())
+        .await
+        .map_err(|e| store_error(&op, e))?;
+    Ok(())
+}
+
+/// Amazon Keyspaces creates keyspaces and tables asynchronously and reports their state in its own
+/// `system_schema_mcs` keyspace, which no other server has.
+async fn is_amazon_keyspaces(session: &Session) -> Result<bool, StoreError> {
+    const CQL: &str = "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = 'system_schema_mcs'";
+    let op = "migrate: detect Amazon Keyspaces";
+    let result = session
+        .query_unpaged(CQL, ())
+        .await
+        .map_err(|e| store_error(op, e))?;
+    let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+    Ok(rows.rows_num() > 0)
+}
+
+/// Polls `cql` until it returns a row that is `ready`, for at most [`DDL_WAIT`].
+async fn wait_for_ddl<R>(
+    session: &Session,
+    what: &str,
+    cql: &str,
+    values: impl SerializeRow,
+    ready: impl Fn(&R) -> bool,
+) -> Result<(), StoreError>
+where
+    R: for<'f, 'm> DeserializeRow<'f, 'm>,
+{
+    let op = format!("migrate: wait for {what}");
+    let started = std::time::Instant::now();
+    loop {
+        let result = session
+            .query_unpaged(cql, &values)
+            .await
+            .map_err(|e| store_error(&op, e))?;
+        let rows = result.into_rows_result().map_err(|e| store_error(&op, e))?;
+        if rows
+            .maybe_first_row::<R>()
+            .map_err(|e| store_error(&op, e))?
+            .is_some_and(|row| ready(&row))
+        {
+            return Ok(());
+        }
+        if started.elapsed() > DDL_WAIT {
+            return Err(StoreError::Unavailable(format!(
+                "{op}: still not ready after {DDL_WAIT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The statements of a schema file, each `CREATE TABLE IF NOT EXISTS <table> ...` with an
+/// unqualified table name, rewritten to create the table in `keyspace`: `(table, cql)` pairs.
+fn schema_statements(schema: &str, keyspace: &str) -> Result<Vec<(String, String)>, StoreError> {
+    const PREFIX: [&str; 5] = ["CREATE", "TABLE", "IF", "NOT", "EXISTS"];
+    let without_comments: String = schema
+        .lines()
+        .map(|line| {
+            let end = [line.find("--"), line.find("//")]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(line.len());
+            &line[..end]
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut statements = Vec::new();
+    for statement in without_comments
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let unsupported = || {
+            StoreError::Internal(format!(
+                "etc/schema.cql: every statement must be `CREATE TABLE IF NOT EXISTS <unqualified name> (...)`, \
+                 not `{statement}`"
+            ))
+        };
+        let mut rest = statement;
+        for word in PREFIX {
+            let head = rest.get(..word.len()).ok_or_else(unsupported)?;
+            let tail = &rest[word.len()..];
+            if !head.eq_ignore_ascii_case(word) || !tail.starts_with(char::is_whitespace) {
+                return Err(unsupported());
+            }
+            rest = tail.trim_start();
+        }
+        let name_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let (table, body) = rest.split_at(name_len);
+        if table.is_empty() || body.starts_with('.') {
+            return Err(unsupported());
+        }
+        let table = table.to_ascii_lowercase();
+        statements.push((
+            table.clone(),
+            format!("CREATE TABLE IF NOT EXISTS {keyspace}.{table}{body}"),
+        ));
+    }
+    Ok(statements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_statements_are_qualified_with_the_keyspace() {
+        let statements = schema_statements(SCHEMA, "ks").unwrap();
+        let tables: Vec<&str> = statements.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            tables,
+            [
+                "activities",
+                "user_activities",
+                "activity_foreign_ids",
+                "timeline",
+                "followers",
+                "following"
+            ]
+        );
+        for (table, cql) in &statements {
+            assert!(
+                cql.starts_with(&format!("CREATE TABLE IF NOT EXISTS ks.{table} (")),
+                "{cql}"
+            );
+            assert!(!cql.contains("--"), "comments are stripped: {cql}");
+        }
+        assert!(
+            schema_statements("CREATE TABLE t (a int PRIMARY KEY);", "ks").is_err(),
+            "IF NOT EXISTS is required"
+        );
+        assert!(schema_statements(
+            "CREATE TABLE IF NOT EXISTS other.t (a int PRIMARY KEY);",
+            "ks"
+        )
+        .is_err());
+        assert!(schema_statements("DROP TABLE t;", "ks").is_err());
+    }
+}

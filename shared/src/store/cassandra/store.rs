@@ -1,0 +1,801 @@
+//! The store itself: every statement prepared once, paging, the two lightweight-transaction
+//! protocols (follow edges, foreign ids) and [`Store`] on top of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::response::query_result::QueryResult;
+use scylla::response::{PagingState, PagingStateResponse};
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::Row;
+
+use super::errors::store_error;
+use super::rows::{
+    activity_values, ActivityRow, AppliedRow, CasRow, CreatedRow, EdgeCasRow, EdgeState,
+    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, SwapCasRow, ACTIVITY_COLUMNS,
+};
+use super::session::LiveSession;
+use super::CassandraConfig;
+use crate::model::{from_micros, Activity, FollowEdge, Relation};
+use crate::store::{IdRange, Store, StoreError, TimelineEntry};
+
+/// How many rows or writes are in flight at once for one `insert_timeline` / `delete_timeline`.
+const WRITE_CONCURRENCY: usize = 64;
+
+/// How often a contended lightweight transaction (a mapping that changes under us) is retried.
+const CAS_ATTEMPTS: usize = 3;
+
+/// Rounds of a follow or unfollow against concurrent changes of the same edge (each round is one
+/// lightweight transaction), with a short random pause before each retry.
+const EDGE_ATTEMPTS: u32 = 12;
+
+async fn edge_backoff(attempt: u32) {
+    if attempt > 0 {
+        let ceiling_us = 2_000 * u64::from(attempt.min(6));
+        let pause = rand::random_range(0..ceiling_us);
+        tokio::time::sleep(Duration::from_micros(pause)).await;
+    }
+}
+
+/// Ids are 32 lowercase hex digits: every id sorts after "" and before "g".
+const ID_FLOOR: &str = "";
+const ID_CEILING: &str = "g";
+
+/// The outcome of a lightweight transaction.
+enum Cas<R> {
+    Applied,
+    /// Not applied, with the row that made it fail when the server sent it back in the expected
+    /// shape (Cassandra and ScyllaDB do; other servers may send `[applied]` alone).
+    Rejected(Option<R>),
+}
+
+/// Every statement, prepared once.
+struct Statements {
+    health: PreparedStatement,
+    edge_claim: PreparedStatement,
+    edge_get: PreparedStatement,
+    edge_swap: PreparedStatement,
+    followers_page: PreparedStatement,
+    follower_row_insert: PreparedStatement,
+    follower_row_delete: PreparedStatement,
+    following_page: PreparedStatement,
+    foreign_id_claim: PreparedStatement,
+    foreign_id_get: PreparedStatement,
+    foreign_id_take_over: PreparedStatement,
+    foreign_id_release: PreparedStatement,
+    activity_insert: PreparedStatement,
+    activity_get: PreparedStatement,
+    activity_delete: PreparedStatement,
+    user_activity_insert: PreparedStatement,
+    user_activity_delete: PreparedStatement,
+    user_feed_page: PreparedStatement,
+    timeline_insert: PreparedStatement,
+    timeline_delete: PreparedStatement,
+    timeline_page: PreparedStatement,
+}
+
+pub struct CassandraStore {
+    session: LiveSession,
+    st: Statements,
+    /// A foreign-id mapping whose activity is missing is taken over only when it is older than
+    /// this: younger, the request that claimed it may still be writing the activity.
+    claim_grace: Duration,
+}
+
+impl CassandraStore {
+    /// Prepares every statement against the tables of `cfg.keyspace` (run
+    /// [`migrate`](fn@super::migrate) first).
+    pub async fn new(session: Arc<Session>, cfg: &CassandraConfig) -> Result<Self, StoreError> {
+        let ks = cfg.checked_keyspace()?;
+        let s = session.as_ref();
+        // Idempotent statements may be retried by the driver (e.g. on a connection that died while
+        // a Lambda was frozen); lightweight transactions may not.
+        let st = tokio::try_join!(
+            prepare(s, "SELECT release_version FROM system.local WHERE key = 'local'".to_owned(), true),
+            prepare(s, format!("INSERT INTO {ks}.following (user, followee, created_us) VALUES (?, ?, ?) IF NOT EXISTS"), false),
+            prepare(s, format!("SELECT created_us FROM {ks}.following WHERE user = ? AND followee = ?"), true),
+            prepare(s, format!("UPDATE {ks}.following SET created_us = ? WHERE user = ? AND followee = ? IF created_us = ?"), false),
+            prepare(s, format!("SELECT follower, created_us FROM {ks}.followers WHERE user = ? AND follower > ? LIMIT ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.followers (user, follower, created_us) VALUES (?, ?, ?) USING TIMESTAMP ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.followers USING TIMESTAMP ? WHERE user = ? AND follower = ?"), true),
+            prepare(s, format!("SELECT followee, created_us FROM {ks}.following WHERE user = ? AND followee > ? LIMIT ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.activity_foreign_ids (actor, foreign_id, id, claimed_us) VALUES (?, ?, ?, ?) IF NOT EXISTS"), false),
+            prepare(s, format!("SELECT id, claimed_us FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ?"), true),
+            prepare(s, format!("UPDATE {ks}.activity_foreign_ids SET id = ?, claimed_us = ? WHERE actor = ? AND foreign_id = ? IF id = ?"), false),
+            prepare(s, format!("DELETE FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ? IF id = ?"), false),
+            prepare(s, format!("INSERT INTO {ks}.activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.activities WHERE id = ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.activities WHERE id = ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.user_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("DELETE FROM {ks}.user_activities WHERE actor = ? AND id = ?"), true),
+            prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.user_activities WHERE actor = ? AND id < ? AND id >= ? LIMIT ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("DELETE FROM {ks}.timeline WHERE owner = ? AND id = ?"), true),
+            prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.timeline WHERE owner = ? AND id < ? AND id >= ? LIMIT ?"), true),
+        )?;
+        let st = Statements {
+            health: st.0,
+            edge_claim: st.1,
+            edge_get: st.2,
+            edge_swap: st.3,
+            followers_page: st.4,
+            follower_row_insert: st.5,
+            follower_row_delete: st.6,
+            following_page: st.7,
+            foreign_id_claim: st.8,
+            foreign_id_get: st.9,
+            foreign_id_take_over: st.10,
+            foreign_id_release: st.11,
+            activity_insert: st.12,
+            activity_get: st.13,
+            activity_delete: st.14,
+            user_activity_insert: st.15,
+            user_activity_delete: st.16,
+            user_feed_page: st.17,
+            timeline_insert: st.18,
+            timeline_delete: st.19,
+            timeline_page: st.20,
+        };
+        // Long enough for the claiming request to have finished (each of its few statements is
+        // bounded by the request timeout), short enough that a client retrying after a crash
+        // is not refused for long.
+        let claim_grace = (cfg.request_timeout * 6).max(Duration::from_secs(10));
+        Ok(CassandraStore {
+            session: LiveSession::new(session, cfg),
+            st,
+            claim_grace,
+        })
+    }
+
+    /// The session the store runs on now.
+    pub fn session(&self) -> Arc<Session> {
+        self.session.current()
+    }
+
+    async fn execute(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<QueryResult, StoreError> {
+        let values = &values;
+        self.session
+            .run(op, statement, |session| async move {
+                session.execute_unpaged(statement, values).await
+            })
+            .await
+    }
+
+    /// At most one row, by primary key.
+    async fn get_row<R>(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Option<R>, StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let result = self.execute(op, statement, values).await?;
+        let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+        rows.maybe_first_row::<R>().map_err(|e| store_error(op, e))
+    }
+
+    /// Up to `limit` rows of a slice whose CQL also says `LIMIT`, page after page: a server may
+    /// end a page early (Amazon Keyspaces stops at 1 MB), so one page is not always all of them.
+    async fn get_rows<R>(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        limit: usize,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let values = &values;
+        let mut out = Vec::new();
+        let mut paging = PagingState::start();
+        while out.len() < limit {
+            let page = &paging;
+            let (result, next) = self
+                .session
+                .run(op, statement, |session| async move {
+                    session
+                        .execute_single_page(statement, values, page.clone())
+                        .await
+                })
+                .await?;
+            let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+            for row in rows.rows::<R>().map_err(|e| store_error(op, e))? {
+                out.push(row.map_err(|e| store_error(op, e))?);
+            }
+            match next {
+                PagingStateResponse::HasMorePages { state } => paging = state,
+                PagingStateResponse::NoMorePages => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Runs a lightweight transaction.
+    async fn cas<R>(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Cas<R>, StoreError>
+    where
+        R: CasRow + for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let result = self.execute(op, statement, values).await?;
+        let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+        if rows.column_specs().len() > 1 {
+            if let Ok(row) = rows.single_row::<R>() {
+                return Ok(if row.applied() {
+                    Cas::Applied
+                } else {
+                    Cas::Rejected(Some(row))
+                });
+            }
+        }
+        // `[applied]` alone, or with columns of another shape: read `[applied]` only.
+        let row: Row = rows.single_row().map_err(|e| store_error(op, e))?;
+        match row.columns.first() {
+            Some(Some(scylla::value::CqlValue::Boolean(true))) => Ok(Cas::Applied),
+            Some(Some(scylla::value::CqlValue::Boolean(false))) => Ok(Cas::Rejected(None)),
+            _ => Err(StoreError::Internal(format!(
+                "Cassandra {op}: the result has no [applied] column"
+            ))),
+        }
+    }
+
+    async fn relations<R>(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let cql_limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        self.get_rows(op, statement, (user, after.unwrap_or(""), cql_limit), limit)
+            .await
+    }
+
+    async fn activities(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        key: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let before = range.before.unwrap_or(ID_CEILING);
+        let not_before = range.not_before.unwrap_or(ID_FLOOR);
+        let cql_limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows: Vec<ActivityRow> = self
+            .get_rows(op, statement, (key, before, not_before, cql_limit), limit)
+            .await?;
+        rows.into_iter().map(ActivityRow::into_activity).collect()
+    }
+
+    /// Writes the actor's feed row, then the `activities` row: an activity that can be read by
+    /// id is complete, which is what `put_activity` checks before answering an existing one.
+    async fn write_activity(&self, a: &Activity) -> Result<(), StoreError> {
+        let op = "put_activity";
+        self.execute(op, &self.st.user_activity_insert, activity_values(a))
+            .await?;
+        self.execute(op, &self.st.activity_insert, activity_values(a))
+            .await?;
+        Ok(())
+    }
+
+    /// The `following` row of `follower -> user`, if there ever was one.
+    async fn edge(
+        &self,
+        op: &str,
+        follower: &str,
+        user: &str,
+    ) -> Result<Option<EdgeState>, StoreError> {
+        let row: Option<CreatedRow> = self
+            .get_row(op, &self.st.edge_get, (follower, user))
+            .await?;
+        Ok(row.map(|r| EdgeState::from_column(r.created_us)))
+    }
+
+    async fn foreign_id_holder(
+        &self,
+        actor: &str,
+        foreign_id: &str,
+    ) -> Result<Option<ForeignIdRow>, StoreError> {
+        self.get_row(
+            "put_activity: read foreign_id",
+            &self.st.foreign_id_get,
+            (actor, foreign_id),
+        )
+        .await
+    }
+}
+
+/// Prepares one statement; `idempotent` lets the driver retry it.
+async fn prepare(
+    session: &Session,
+    cql: String,
+    idempotent: bool,
+) -> Result<PreparedStatement, StoreError> {
+    let mut statement = session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| store_error(&format!("prepare `{cql}`"), e))?;
+    statement.set_is_idempotent(idempotent);
+    Ok(statement)
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[async_trait]
+impl Store for CassandraStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        self.execute("health", &self.st.health, ()).await.map(drop)
+    }
+
+    async fn follow(&self, edge: &FollowEdge) -> Result<(FollowEdge, bool), StoreError> {
+        let op = "follow";
+        let (user, follower) = (edge.following.as_str(), edge.follower.as_str());
+        let requested_us = edge.created_at.timestamp_micros().max(1);
+        // The lightweight transactions run on the follower's `following` partition, not on the
+        // followee's `followers` partition: thousands of users following one star at once would
+        // contend there. See `EdgeState` for how the `followers` row is kept in step.
+        let mut known: Option<Option<EdgeState>> = None;
+        let mut settled = None;
+        for attempt in 0..EDGE_ATTEMPTS {
+            edge_backoff(attempt).await;
+            let current = match known.take() {
+                Some(state) => state,
+                None => match self
+                    .cas::<EdgeCasRow>(op, &self.st.edge_claim, (follower, user, requested_us))
+                    .await?
+                {
+                    Cas::Applied => {
+                        settled = Some((requested_us, true));
+                        break;
+                    }
+                    Cas::Rejected(Some(row)) => row.created_us.map(EdgeState::from_column),
+                    Cas::Rejected(None) => self.edge(op, follower, user).await?,
+                },
+            };
+            match current {
+                // Gone between the claim and the read (only rows older than `EdgeState` go).
+                None => continue,
+                Some(EdgeState::Following(since_us)) => {
+                    settled = Some((since_us, false));
+                    break;
+                }
+                Some(EdgeState::Unfollowed { tombstone_us }) => {
+                    // Followed again: the new edge must be younger than the tombstone its last
+                    // unfollow left on the `followers` row, or that tombstone would hide the row.
+                    let since_us = requested_us.max(tombstone_us + 1);
+                    let swap = (since_us, follower, user, -tombstone_us);
+                    match self.cas::<SwapCasRow>(op, &self.st.edge_swap, swap).await? {
+                        Cas::Applied => {
+                            settled = Some((since_us, true));
+                            break;
+                        }
+                        Cas::Rejected(row) => known = row.map(SwapCasRow::state),
+                    }
+                }
+            }
+        }
+        let Some((since_us, created)) = settled else {
+            return Err(StoreError::Unavailable(format!(
+                "Cassandra follow: the edge {follower} -> {user} kept changing; try again"
+            )));
+        };
+        // Written at the edge's own time on every call, so a retry repairs a `followers` row an
+        // earlier attempt missed, and an unfollow's tombstone (one microsecond younger) wins
+        // whichever of the two arrives first.
+        self.execute(
+            op,
+            &self.st.follower_row_insert,
+            (user, follower, since_us, since_us),
+        )
+        .await?;
+        Ok((
+            FollowEdge {
+                created_at: from_micros(since_us),
+                ..edge.clone()
+            },
+            created,
+        ))
+    }
+
+    async fn unfollow(&self, follower: &str, following: &str) -> Result<(), StoreError> {
+        let op = "unfollow";
+        let mut known: Option<Option<EdgeState>> = None;
+        for attempt in 0..EDGE_ATTEMPTS {
+            edge_backoff(attempt).await;
+            let current = match known.take() {
+                Some(state) => state,
+                None => self.edge(op, follower, following).await?,
+            };
+            let tombstone_us = match current {
+                // Never followed: nothing to undo.
+                None => return Ok(()),
+                // Already unfollowed: the row delete again, in case the earlier call stopped
+                // between its two writes.
+                Some(EdgeState::Unfollowed { tombstone_us }) => tombstone_us,
+                Some(EdgeState::Following(since_us)) => {
+                    let tombstone_us = since_us + 1;
+                    let swap = (-tombstone_us, follower, following, since_us);
+                    match self.cas::<SwapCasRow>(op, &self.st.edge_swap, swap).await? {
+                        Cas::Applied => tombstone_us,
+                        Cas::Rejected(row) => {
+                            known = row.map(SwapCasRow::state);
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.execute(
+                op,
+                &self.st.follower_row_delete,
+                (tombstone_us, following, follower),
+            )
+            .await?;
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "Cassandra unfollow: the edge {follower} -> {following} kept changing; try again"
+        )))
+    }
+
+    async fn is_following(&self, follower: &str, following: &str) -> Result<bool, StoreError> {
+        let state = self.edge("is_following", follower, following).await?;
+        Ok(matches!(state, Some(EdgeState::Following(_))))
+    }
+
+    async fn followers(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Relation>, StoreError> {
+        let rows: Vec<FollowerRow> = self
+            .relations("followers", &self.st.followers_page, user, after, limit)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Relation {
+                user: r.follower,
+                since: from_micros(r.created_us),
+            })
+            .collect())
+    }
+
+    async fn following(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Relation>, StoreError> {
+        // Rows of unfollowed edges stay (see `EdgeState`): skipped, page after page.
+        let mut out = Vec::new();
+        let mut after = after.map(str::to_owned);
+        while out.len() < limit {
+            let want = limit - out.len();
+            let rows: Vec<FolloweeRow> = self
+                .relations(
+                    "following",
+                    &self.st.following_page,
+                    user,
+                    after.as_deref(),
+                    want,
+                )
+                .await?;
+            let exhausted = rows.len() < want;
+            after = rows.last().map(|r| r.followee.clone());
+            out.extend(rows.into_iter().filter_map(|r| {
+                match EdgeState::from_column(r.created_us) {
+                    EdgeState::Following(since_us) => Some(Relation {
+                        user: r.followee,
+                        since: from_micros(since_us),
+                    }),
+                    EdgeState::Unfollowed { .. } => None,
+                }
+            }));
+            if exhausted {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_activity(&self, activity: &Activity) -> Result<(Activity, bool), StoreError> {
+        let op = "put_activity";
+        let Some(foreign_id) = activity.foreign_id.as_deref() else {
+            self.write_activity(activity).await?;
+            return Ok((activity.clone(), true));
+        };
+        let (actor, id) = (activity.actor.as_str(), activity.id.as_str());
+        let claim = || {
+            self.cas::<ForeignIdCasRow>(
+                op,
+                &self.st.foreign_id_claim,
+                (actor, foreign_id, id, now_us()),
+            )
+        };
+        let mut outcome = claim().await?;
+        // Each pass handles the outcome of one lightweight transaction and may run the next.
+        for attempt in 1.. {
+            let holder = match outcome {
+                Cas::Applied => {
+                    self.write_activity(activity).await?;
+                    return Ok((activity.clone(), true));
+                }
+                Cas::Rejected(Some(row)) => row.holder(),
+                Cas::Rejected(None) => match self.foreign_id_holder(actor, foreign_id).await? {
+                    Some(holder) => holder,
+                    // Released in between (its activity was deleted): claim it again.
+                    None if attempt < CAS_ATTEMPTS => {
+                        outcome = claim().await?;
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            if let Some(existing) = self.get_activity(&holder.id).await? {
+                return Ok((existing, false));
+            }
+            // The holder's activity is missing: its request crashed before writing it, or it was
+            // deleted and the mapping not released. A young claim may still be being written.
+            let age = Duration::from_micros(
+                now_us()
+                    .saturating_sub(holder.claimed_us.unwrap_or(0))
+                    .max(0) as u64,
+            );
+            if age < self.claim_grace {
+                return Err(StoreError::Unavailable(format!(
+                    "Cassandra put_activity: activity {} with foreign_id {foreign_id:?} is still being stored; try again shortly",
+                    holder.id
+                )));
+            }
+            if attempt >= CAS_ATTEMPTS {
+                break;
+            }
+            let take_over = (id, now_us(), actor, foreign_id, holder.id.as_str());
+            outcome = match self
+                .cas::<AppliedRow>(op, &self.st.foreign_id_take_over, take_over)
+                .await?
+            {
+                Cas::Applied => Cas::Applied,
+                // Someone else changed it first: look again.
+                Cas::Rejected(_) => Cas::Rejected(None),
+            };
+        }
+        Err(StoreError::Unavailable(format!(
+            "Cassandra put_activity: foreign_id {foreign_id:?} of {actor} kept changing; try again"
+        )))
+    }
+
+    async fn get_activity(&self, id: &str) -> Result<Option<Activity>, StoreError> {
+        let row: Option<ActivityRow> = self
+            .get_row("get_activity", &self.st.activity_get, (id,))
+            .await?;
+        row.map(ActivityRow::into_activity).transpose()
+    }
+
+    async fn delete_activity(&self, activity: &Activity) -> Result<(), StoreError> {
+        let op = "delete_activity";
+        let (id, actor) = (activity.id.as_str(), activity.actor.as_str());
+        // The reverse of `write_activity`: once the `activities` row is gone the activity is gone.
+        self.execute(op, &self.st.activity_delete, (id,)).await?;
+        self.execute(op, &self.st.user_activity_delete, (actor, id))
+            .await?;
+        if let Some(foreign_id) = activity.foreign_id.as_deref() {
+            // Only if it still names this activity: a newer one may have taken it over.
+            self.cas::<AppliedRow>(op, &self.st.foreign_id_release, (actor, foreign_id, id))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn user_feed(
+        &self,
+        actor: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        self.activities("user_feed", &self.st.user_feed_page, actor, range, limit)
+            .await
+    }
+
+    async fn timeline(
+        &self,
+        owner: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        self.activities("timeline", &self.st.timeline_page, owner, range, limit)
+            .await
+    }
+
+    async fn insert_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        // One single-partition write per row, concurrently: rows of different owners are different
+        // partitions, which a batch would only make slower (and Keyspaces caps batches).
+        let writes: Vec<_> = entries
+            .iter()
+            .map(|TimelineEntry { owner, activity }| {
+                let (id, actor, verb, object, target, time_us, foreign_id, extra) =
+                    activity_values(activity);
+                let values = (
+                    owner.as_str(),
+                    id,
+                    actor,
+                    verb,
+                    object,
+                    target,
+                    time_us,
+                    foreign_id,
+                    extra,
+                );
+                self.execute("insert_timeline", &self.st.timeline_insert, values)
+            })
+            .collect();
+        run_concurrently(writes).await
+    }
+
+    async fn delete_timeline(&self, rows: &[(String, String)]) -> Result<(), StoreError> {
+        let writes: Vec<_> = rows
+            .iter()
+            .map(|(owner, id)| {
+                self.execute(
+                    "delete_timeline",
+                    &self.st.timeline_delete,
+                    (owner.as_str(), id.as_str()),
+                )
+            })
+            .collect();
+        run_concurrently(writes).await
+    }
+}
+
+/// Runs the writes with at most [`WRITE_CONCURRENCY`] in flight; the first error wins.
+async fn run_concurrently<F>(writes: Vec<F>) -> Result<(), StoreError>
+where
+    F: std::future::Future<Output = Result<QueryResult, StoreError>>,
+{
+    futures::stream::iter(writes)
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::model::ActivityId;
+    use crate::settings::Env;
+    use crate::store::cassandra::{connect, migrate};
+
+    /// The local test cluster's configuration, in its own keyspace.
+    fn test_config() -> CassandraConfig {
+        let mut cfg = CassandraConfig::read(&Env::process()).expect("FEEDS_CASSANDRA_* variables");
+        cfg.keyspace = "feeds_test".to_owned();
+        cfg
+    }
+
+    async fn test_store() -> CassandraStore {
+        let cfg = test_config();
+        let session = match connect(&cfg).await {
+            Ok(session) => session,
+            Err(e) => panic!(
+                "Cassandra is not reachable at {} ({e}).\nStart it with `scripts/cassandra.sh start` \
+                 (or point FEEDS_CASSANDRA_NODES at a running node).",
+                cfg.nodes.join(",")
+            ),
+        };
+        migrate(&session, &cfg).await.expect("migrate");
+        migrate(&session, &cfg)
+            .await
+            .expect("migrate is idempotent");
+        CassandraStore::new(Arc::new(session), &cfg)
+            .await
+            .expect("prepare statements")
+    }
+
+    fn activity(actor: &str, foreign_id: &str) -> Activity {
+        let time = crate::model::parse_time("2026-11-29T10:00:00.000001Z").unwrap();
+        Activity {
+            id: ActivityId::new(time).0,
+            actor: actor.to_owned(),
+            verb: "post".to_owned(),
+            object: "obj_1".to_owned(),
+            target: None,
+            time,
+            foreign_id: Some(foreign_id.to_owned()),
+            extra: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_foreign_id_whose_activity_is_missing_is_taken_over_once_its_claim_is_old() {
+        let store = test_store().await;
+        let actor = format!("actor_{:016x}", rand::random::<u64>());
+        // Makes `id` hold the mapping, claimed at `claimed_us`, as a request that crashed before
+        // writing its activity would have left it.
+        let claim = |id: String, claimed_us: i64| {
+            let (store, actor) = (&store, actor.clone());
+            async move {
+                let (st, actor, id) = (&store.st, actor.as_str(), id.as_str());
+                store
+                    .execute(
+                        "test",
+                        &st.foreign_id_claim,
+                        (actor, "post:1", id, claimed_us),
+                    )
+                    .await
+                    .unwrap();
+                let holder = store
+                    .foreign_id_holder(actor, "post:1")
+                    .await
+                    .unwrap()
+                    .expect("a holder");
+                let take_over = (id, claimed_us, actor, "post:1", holder.id.as_str());
+                store
+                    .execute("test", &st.foreign_id_take_over, take_over)
+                    .await
+                    .unwrap();
+            }
+        };
+
+        // A request that claimed the foreign_id a moment ago may still be writing its activity.
+        let ghost = ActivityId::new(chrono::Utc::now()).0;
+        claim(ghost.clone(), now_us()).await;
+        let retry = activity(&actor, "post:1");
+        match store.put_activity(&retry).await {
+            Err(StoreError::Unavailable(message)) => assert!(message.contains(&ghost), "{message}"),
+            other => panic!("a young claim is not taken over: {other:?}"),
+        }
+
+        // One that claimed it long ago crashed: the retry takes it over.
+        let long_ago = now_us() - Duration::from_secs(3600).as_micros() as i64;
+        claim(ghost.clone(), long_ago).await;
+        let (stored, created) = store.put_activity(&retry).await.unwrap();
+        assert!(created, "the crashed claim is taken over");
+        assert_eq!(stored, retry);
+        assert_eq!(
+            store.get_activity(&retry.id).await.unwrap(),
+            Some(retry.clone())
+        );
+        let again = activity(&actor, "post:1");
+        assert_eq!(
+            store.put_activity(&again).await.unwrap(),
+            (retry.clone(), false)
+        );
+
+        // Deleting an activity whose mapping was taken over leaves the new holder's mapping alone.
+        let mut old = retry.clone();
+        old.id = ghost;
+        store.delete_activity(&old).await.unwrap();
+        assert_eq!(store.put_activity(&again).await.unwrap(), (retry, false));
+    }
+}
