@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use feeds::config::{self, QueueKind, StoreKind};
 use feeds::http::{router, Routes};
 use feeds::store::cassandra::{self, CassandraConfig};
+use feeds::BoxError;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -79,8 +80,6 @@ async fn main() -> ExitCode {
         }
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn serve(bind: &str) -> Result<(), BoxError> {
     config::init_tracing();

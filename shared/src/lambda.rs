@@ -4,8 +4,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 
 use crate::config::{self, QueueKind, StoreKind};
 use crate::http::{router, Routes};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Serves `routes` through API Gateway's HTTP API events; clients are built once, before the first event.
 pub async fn run_http(routes: Routes) -> Result<(), BoxError> {

@@ -14,3 +14,6 @@ pub mod model;
 pub mod queue;
 pub mod settings;
 pub mod store;
+
+/// The error of entry points and tools that only report what went wrong.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
