@@ -16,6 +16,8 @@ use feeds::queue::sqs::{SqsConfig, SqsQueue};
 use feeds::queue::Queue;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use feeds::store::{IdRange, Store};
+use feeds::BoxError;
+use feeds_testkit::server::Server;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -24,9 +26,9 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::load::{closed_loop, http_client, http_get, RunResult, Server};
+use crate::load::{closed_loop, http_client, http_get, RunResult};
 use crate::stats::{percentile, sorted, summarize, Summary};
-use crate::{log, BoxError, Ctx, KEYSPACE};
+use crate::{log, Ctx, KEYSPACE};
 
 /// Concurrent consumers of the fan-out queue: concurrent Lambda invocations, each with its own
 /// clients (its own execution environment).
@@ -752,20 +754,20 @@ pub async fn reads(ctx: &Ctx, cass: &Cass) -> Result<Vec<ReadResult>, BoxError> 
         .collect();
     cass.store.insert_timeline(&entries).await?;
     let queue = fresh_queue("bench_reads").await?;
-    let server = Server::start(
+    let server = Server::launch(
         &ctx.server_bin,
         &[
             ("FEEDS_STORE", "cassandra".to_owned()),
             ("FEEDS_QUEUE", "sqs".to_owned()),
             ("FEEDS_CASSANDRA_KEYSPACE", KEYSPACE.to_owned()),
             ("FEEDS_QUEUE_URL", queue.queue_url().to_owned()),
+            ("FEEDS_LOG_FORMAT", "json".to_owned()),
         ],
         &ctx.out.join("server-cassandra.log"),
-    )
-    .await?;
+    )?;
     let token = reader_token()?;
     let client = http_client();
-    let server_cpu = ctx.cpu.with("feeds-server", server.pid());
+    let server_cpu = ctx.cpu.with("feeds-server", Some(server.pid()));
     let mut out = Vec::new();
     for &c in &READ_CONCURRENCIES {
         for endpoint in ["flat", "aggregated"] {
@@ -801,7 +803,7 @@ pub async fn reads(ctx: &Ctx, cass: &Cass) -> Result<Vec<ReadResult>, BoxError> 
         };
         out.push(read_config(ctx, "cassandra", "raw", c, &ctx.cpu, op).await);
     }
-    server.stop().await;
+    server.stop();
     delete_queue(&queue).await;
     Ok(out)
 }

@@ -12,9 +12,6 @@ pub mod sqlite;
 #[cfg(feature = "aws")]
 pub mod tls;
 
-#[cfg(test)]
-pub mod conformance;
-
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or timed out: the request may be retried later (`503`).
