@@ -8,15 +8,18 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use chrono::Utc;
-use feeds::config::{self, Backends};
-use feeds::fanout::{Fanout, FanoutJob, FanoutSettings};
+use feeds::config::Backends;
+use feeds::fanout::{Fanout, FanoutSettings};
 use feeds::http::Routes;
 use feeds::model::Activity;
 use feeds::queue::sqs::{SqsConfig, SqsQueue};
+use feeds::queue::FanoutJob;
 use feeds::queue::Queue;
 use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use feeds::store::{IdRange, Store};
+use feeds::BoxError;
+use feeds_testkit::server::Server;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -25,9 +28,9 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::load::{closed_loop, http_client, http_get, RunResult, Server};
+use crate::load::{closed_loop, http_client, http_get, RunResult};
 use crate::stats::{percentile, sorted, summarize, Summary};
-use crate::{log, BoxError, Ctx, KEYSPACE};
+use crate::{log, Ctx, KEYSPACE};
 
 /// Concurrent consumers of the fan-out queue: concurrent Lambda invocations, each with its own
 /// clients (its own execution environment).
@@ -182,7 +185,7 @@ struct Done {
 }
 
 /// Concurrent Lambda-like consumers of one queue: receive (as the SQS event source does) →
-/// `Fanout::handle_sqs_event` → delete what succeeded.
+/// `feeds::lambda::handle_sqs_event` → delete what succeeded.
 pub struct Consumers {
     rx: mpsc::UnboundedReceiver<Done>,
     stop: watch::Sender<bool>,
@@ -275,9 +278,9 @@ async fn consume(
         // The event Lambda's SQS event source builds, deserialised as the runtime does.
         let records: Vec<_> = received
             .iter()
-            .map(|(m, receipt)| {
+            .map(|d| {
                 json!({
-                    "messageId": m.id, "receiptHandle": receipt, "body": m.body,
+                    "messageId": d.message.id, "receiptHandle": d.receipt, "body": d.message.body,
                     "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
                     "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
                     "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:bench", "awsRegion": "us-east-1"
@@ -286,16 +289,16 @@ async fn consume(
             .collect();
         let event: SqsEvent =
             serde_json::from_value(json!({ "Records": records })).expect("an SQS event");
-        let response = fanout.handle_sqs_event(event).await;
+        let response = feeds::lambda::handle_sqs_event(&fanout, event).await;
         let at = Instant::now();
         let failed: HashSet<String> = response
             .batch_item_failures
             .into_iter()
             .map(|f| f.item_identifier)
             .collect();
-        for (m, receipt) in &received {
-            if !failed.contains(&m.id) {
-                if let Err(e) = queue.delete(receipt).await {
+        for d in &received {
+            if !failed.contains(&d.message.id) {
+                if let Err(e) = queue.delete(&d.receipt).await {
                     eprintln!("feeds-bench: delete failed: {e}");
                 }
             }
@@ -454,7 +457,7 @@ pub async fn fanout_rate(ctx: &Ctx, cass: &Cass) -> Result<Vec<FanoutResult>, Bo
         delete_queue(&queue).await;
         out.push(fanout_result(
             "cassandra",
-            &format!("SQS (ElasticMQ) → {CONSUMERS} concurrent Fanout::handle_sqs_event consumers"),
+            &format!("SQS (ElasticMQ) → {CONSUMERS} concurrent handle_sqs_event consumers"),
             n,
             reps,
             jobs,
@@ -534,15 +537,11 @@ pub struct DeliveryResult {
 pub async fn delivery(ctx: &Ctx, cass: &Cass) -> Result<Vec<DeliveryResult>, BoxError> {
     let queue = fresh_queue("bench_delivery").await?;
     let store: Arc<dyn Store> = cass.store.clone();
-    let q: Arc<dyn Queue> = Arc::new(queue.clone());
-    let backends = Backends {
-        store: store.clone(),
-        queue: q.clone(),
-        embedded_queue: None,
-        sqs_queue: Some(queue.clone()),
-        fanout: Fanout::new(store.clone(), q, fanout_settings()),
-    };
-    let app = feeds::http::router(config::app(&backends)?, Routes::PostActivity);
+    let backends = Backends::new(store.clone(), queue.clone(), fanout_settings());
+    let app = feeds::http::router(
+        feeds_testkit::services::app(&backends),
+        Routes::PostActivity,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -753,20 +752,20 @@ pub async fn reads(ctx: &Ctx, cass: &Cass) -> Result<Vec<ReadResult>, BoxError> 
         .collect();
     cass.store.insert_timeline(&entries).await?;
     let queue = fresh_queue("bench_reads").await?;
-    let server = Server::start(
+    let server = Server::launch(
         &ctx.server_bin,
         &[
             ("FEEDS_STORE", "cassandra".to_owned()),
             ("FEEDS_QUEUE", "sqs".to_owned()),
             ("FEEDS_CASSANDRA_KEYSPACE", KEYSPACE.to_owned()),
             ("FEEDS_QUEUE_URL", queue.queue_url().to_owned()),
+            ("FEEDS_LOG_FORMAT", "json".to_owned()),
         ],
         &ctx.out.join("server-cassandra.log"),
-    )
-    .await?;
+    )?;
     let token = reader_token()?;
     let client = http_client();
-    let server_cpu = ctx.cpu.with("feeds-server", server.pid());
+    let server_cpu = ctx.cpu.with("feeds-server", Some(server.pid()));
     let mut out = Vec::new();
     for &c in &READ_CONCURRENCIES {
         for endpoint in ["flat", "aggregated"] {
@@ -802,7 +801,7 @@ pub async fn reads(ctx: &Ctx, cass: &Cass) -> Result<Vec<ReadResult>, BoxError> 
         };
         out.push(read_config(ctx, "cassandra", "raw", c, &ctx.cpu, op).await);
     }
-    server.stop().await;
+    server.stop();
     delete_queue(&queue).await;
     Ok(out)
 }

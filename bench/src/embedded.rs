@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use feeds::fanout::{Fanout, FanoutJob};
+use feeds::fanout::Fanout;
 use feeds::queue::embedded::EmbeddedQueue;
+use feeds::queue::FanoutJob;
 use feeds::queue::Queue;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{Store, TimelineEntry};
+use feeds::BoxError;
+use feeds_testkit::server::Server;
 use rusqlite::params;
 
 use crate::cass::{
@@ -18,8 +21,8 @@ use crate::cass::{
     reader_timeline, reader_token, verify, CpuSum, FanoutResult, ReadResult, READER,
     READ_CONCURRENCIES,
 };
-use crate::load::{http_client, http_get, Server};
-use crate::{log, BoxError, Ctx};
+use crate::load::{http_client, http_get};
+use crate::{log, Ctx};
 
 /// Transaction sizes of the SQLite ceiling (0: all rows in one transaction).
 const TX_SIZES: [usize; 2] = [500, 0];
@@ -94,7 +97,7 @@ async fn ceiling_write(
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Fan-out on the embedded store: one worker running the loop of `Fanout::work_embedded`
+/// Fan-out on the embedded store: one worker running the loop of `Fanout::work`
 /// (receive 10 → `run_batch` → delete), as the standalone server does.
 pub async fn fanout_rate(ctx: &Ctx) -> Result<Vec<FanoutResult>, BoxError> {
     let mut out = Vec::new();
@@ -174,7 +177,7 @@ pub async fn fanout_rate(ctx: &Ctx) -> Result<Vec<FanoutResult>, BoxError> {
         }
         out.push(fanout_result(
             "sqlite",
-            "embedded queue → Fanout::run_batch (the work_embedded loop)",
+            "embedded queue → Fanout::run_batch (the Fanout::work loop)",
             n,
             reps,
             jobs,
@@ -209,21 +212,21 @@ pub async fn reads(ctx: &Ctx) -> Result<Vec<ReadResult>, BoxError> {
             .collect();
         store.insert_timeline(&entries).await?;
     }
-    let server = Server::start(
+    let server = Server::launch(
         &ctx.server_bin,
         &[
             ("FEEDS_STORE", "sqlite".to_owned()),
             ("FEEDS_QUEUE", "embedded".to_owned()),
             ("FEEDS_SQLITE_PATH", path.display().to_string()),
+            ("FEEDS_LOG_FORMAT", "json".to_owned()),
         ],
         &ctx.out.join("server-sqlite.log"),
-    )
-    .await?;
+    )?;
     // The raw driver: its own connection to the same file, through the same wrapper the store uses.
     let raw = SqliteDb::open(&path)?;
     let token = reader_token()?;
     let client = http_client();
-    let server_cpu = ctx.cpu.with("feeds-server", server.pid());
+    let server_cpu = ctx.cpu.with("feeds-server", Some(server.pid()));
     let mut out = Vec::new();
     for &c in &READ_CONCURRENCIES {
         for endpoint in ["flat", "aggregated"] {
@@ -270,7 +273,7 @@ pub async fn reads(ctx: &Ctx) -> Result<Vec<ReadResult>, BoxError> {
         };
         out.push(read_config(ctx, "sqlite", "raw", c, &ctx.cpu, op).await);
     }
-    server.stop().await;
+    server.stop();
     drop(raw);
     let _ = std::fs::remove_file(&path);
     Ok(out)

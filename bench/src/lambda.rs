@@ -1,5 +1,5 @@
 //! Workload 6: each function's release binary started as Lambda starts it, against a Runtime API
-//! served by `feeds_bench::runtime_api` (`/2018-06-01/runtime/invocation/next`, `/response`, `/error`, `/init/error`):
+//! served by `feeds_testkit::runtime_api` (`/2018-06-01/runtime/invocation/next`, `/response`, `/error`, `/init/error`):
 //! initialisation (process start → its first `next` request), first-event and warm-event latency
 //! (`next` answered → `/response` received), peak RSS (VmHWM); and the bootstrap sizes.
 
@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use feeds_bench::runtime_api::{lambda_command, peak_rss_kib, Answer, RuntimeApi};
+use feeds::BoxError;
+use feeds_testkit::runtime_api::{lambda_command, peak_rss_kib, Answer, RuntimeApi};
 use serde::Serialize;
 
 use crate::stats::{summarize, Summary};
-use crate::{log, BoxError, Ctx, KEYSPACE};
+use crate::{log, Ctx, KEYSPACE};
 
 pub const FUNCTIONS: [(&str, &str, &str); 4] = [
     ("follow", "FollowFunction", "follow.json"),

@@ -1,16 +1,13 @@
 //! Closed-loop load: `c` workers, each sending its next request when the previous one answered,
-//! for a fixed time; and the standalone server, started as a child process.
+//! for a fixed time.
 
 use std::future::Future;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::stats::{percentile, sorted};
-use crate::BoxError;
 
 /// One timed run at one concurrency.
 #[derive(Debug, Clone, Serialize)]
@@ -98,80 +95,4 @@ pub fn http_client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("HTTP client")
-}
-
-/// A free port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The standalone server, stopped (by closing its standard input, then killed) when dropped.
-pub struct Server {
-    child: tokio::process::Child,
-    pub base: String,
-}
-
-impl Server {
-    pub async fn start(
-        bin: &Path,
-        envs: &[(&str, String)],
-        log: &Path,
-    ) -> Result<Server, BoxError> {
-        let port = free_port();
-        let log_file = std::fs::File::create(log)?;
-        let mut cmd = tokio::process::Command::new(bin);
-        cmd.env("FEEDS_BIND", format!("127.0.0.1:{port}"))
-            .env("FEEDS_EXIT_ON_STDIN_EOF", "1")
-            .env("FEEDS_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true);
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let server = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = http_client();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = client.get(format!("{}/health", server.base)).send().await {
-                if r.status().is_success() {
-                    return Ok(server);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{} did not answer /health within 60 s (log: {})",
-                    bin.display(),
-                    log.display()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    pub async fn stop(mut self) {
-        drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
 }

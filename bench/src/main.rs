@@ -5,6 +5,7 @@
 //! 1. fan-out rate through the Lambda code path (chunked jobs through ElasticMQ) vs the raw write
 //!    ceiling; 2. delivery latency after `POST /activities`; 3. feed reads through the standalone
 //!    server vs the raw read ceiling; 5. the same on the embedded SQLite store; 6. Lambda costs.
+//!
 //! (Workload 4, Stream-Framework, is `bench/peer/`.)
 
 mod cass;
@@ -17,9 +18,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use feeds::BoxError;
 use serde_json::{json, Value};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The benchmark's own keyspace.
 pub const KEYSPACE: &str = "feeds_bench";

@@ -1,5 +1,5 @@
 //! The shipped binaries: each function's x86_64 release build, started as Lambda starts it (a
-//! process with `AWS_LAMBDA_RUNTIME_API` pointing at `feeds_bench::runtime_api`), answers its
+//! process with `AWS_LAMBDA_RUNTIME_API` pointing at `feeds_testkit::runtime_api`), answers its
 //! sample event from `events/` correctly, on the embedded store and on Cassandra + SQS. Prints each
 //! function's initialisation time (process start → its first `next` request), first-event latency,
 //! peak RSS and binary size.
@@ -12,24 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use feeds::queue::sqs::SqsConfig;
 use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{IdRange, Store};
-use feeds_bench::runtime_api::{lambda_command, peak_rss_kib, Answer, RuntimeApi, INIT};
+use feeds_testkit::runtime_api::{lambda_command, peak_rss_kib, Answer, RuntimeApi, INIT};
+use feeds_testkit::services::{event, fresh_queue, receive, ROOT};
 use serde_json::Value;
 
 const KEYSPACE: &str = "feeds_shipped_binaries_test";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn binary(function: &str) -> PathBuf {
     let dir = std::env::var_os("FEEDS_FUNCTIONS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/release"));
+        .unwrap_or_else(|| Path::new(ROOT).join("target/release"));
     let bin = dir.join(function);
     assert!(
         bin.is_file(),
@@ -38,11 +34,6 @@ fn binary(function: &str) -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn event(name: &str) -> String {
-    let path = root().join("events").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Starts the function's binary with `env`, hands it `event_file`, and returns its answer (the
@@ -58,7 +49,7 @@ async fn invoke(function: &str, mode: &str, env: &[(&str, String)], event_file: 
     let mut cmd = lambda_command(&bin, function, &api, log).unwrap();
     cmd.env(
         "FEEDS_JWT_PUBLIC_KEY_FILE",
-        root().join("etc/dev-keys/dev-public.pem"),
+        Path::new(ROOT).join("etc/dev-keys/dev-public.pem"),
     );
     for (k, v) in env {
         cmd.env(k, v);
@@ -186,22 +177,8 @@ async fn release_binaries_answer_their_sample_events_on_cassandra_and_sqs() {
     cassandra::migrate(&session, &cfg).await.unwrap();
     let store = CassandraStore::new(Arc::new(session), &cfg).await.unwrap();
 
-    let endpoint =
-        std::env::var("FEEDS_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9324".into());
-    let sqs = feeds::queue::sqs::client(&SqsConfig {
-        queue_url: String::new(),
-        endpoint: Some(endpoint),
-    })
-    .await;
-    let queue_name = format!("shipped-binaries-{}", std::process::id());
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(&queue_name)
-        .send()
-        .await
-        .expect("ElasticMQ (scripts/elasticmq.sh start)")
-        .queue_url
-        .unwrap();
+    let queue = fresh_queue("shipped_binaries").await;
+    let queue_url = queue.queue_url().to_owned();
 
     let env = [
         ("FEEDS_STORE", "cassandra".to_owned()),
@@ -214,19 +191,7 @@ async fn release_binaries_answer_their_sample_events_on_cassandra_and_sqs() {
     // The follow and the post each queued their fan-out job for the fanout function.
     let mut bodies = Vec::new();
     for _ in 0..5 {
-        let got = sqs
-            .receive_message()
-            .queue_url(&queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        bodies.extend(
-            got.messages()
-                .iter()
-                .filter_map(|m| m.body().map(str::to_owned)),
-        );
+        bodies.extend(receive(&queue, 1).await.into_iter().map(|m| m.body));
         if bodies.len() >= 2 {
             break;
         }
@@ -243,7 +208,9 @@ async fn release_binaries_answer_their_sample_events_on_cassandra_and_sqs() {
             serde_json::json!({"kind": "deliver", "activity_id": id, "actor": "usr_01", "after": null}),
         ]
     );
-    sqs.delete_queue()
+    queue
+        .client()
+        .delete_queue()
         .queue_url(&queue_url)
         .send()
         .await

@@ -7,10 +7,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use feeds::fanout::{Fanout, FanoutError, FanoutJob, FanoutSettings};
+use feeds::fanout::{Fanout, FanoutError, FanoutSettings};
+use feeds::queue::FanoutJob;
 use feeds::model::{Activity, ActivityId, FollowEdge};
 use feeds::queue::embedded::EmbeddedQueue;
-use feeds::queue::encode;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::Store;
 use libfuzzer_sys::fuzz_target;
@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let parsed = serde_json::from_str::<FanoutJob>(body);
     if let Ok(job) = &parsed {
-        let carried = encode(job);
+        let carried = job.encode();
         assert_eq!(&serde_json::from_str::<FanoutJob>(&carried).unwrap(), job);
     }
     let world = world();

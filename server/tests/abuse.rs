@@ -4,16 +4,19 @@
 //! and bad cursors and limits. Each is answered with the status API.md gives, as a JSON error, and
 //! changes nothing: every feed and list it could touch is read before and after.
 
-mod support;
-
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use feeds::cursor::CursorCodec;
+use feeds_testkit::api::{answer, Answer, Api};
+use feeds_testkit::server::Server;
+use feeds_testkit::snapshot::{assert_unchanged, snapshot};
+use feeds_testkit::tokens::{admin_token, token};
+use feeds_testkit::wait::eventually;
+use feeds_testkit::{concurrently, unique};
 use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The server's cursor secret, so that the tests can make cursors that are correctly signed.
@@ -22,7 +25,12 @@ const CURSOR_SECRET: &str = "abuse test cursor secret";
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        Server::embedded("abuse", &[("FEEDS_CURSOR_SECRET", CURSOR_SECRET.into())]).0
+        Server::embedded(
+            env!("CARGO_BIN_EXE_feeds-server"),
+            "abuse",
+            &[("FEEDS_CURSOR_SECRET", CURSOR_SECRET.into())],
+        )
+        .0
     })
 }
 
@@ -76,36 +84,6 @@ impl World {
     fn users(&self) -> Vec<&str> {
         vec![&self.me, &self.you, &self.third]
     }
-}
-
-/// Every feed and list of `users`, read in full.
-async fn snapshot(api: &Api, users: &[&str]) -> Vec<Value> {
-    let mut out = Vec::new();
-    for u in users {
-        let t = token(u);
-        for path in [
-            "/feeds/flat".to_owned(),
-            format!("/feeds/user/{u}"),
-            format!("/users/{u}/followers"),
-            format!("/users/{u}/following"),
-        ] {
-            out.push(Value::Array(api.walk(&path, &t).await));
-        }
-        let aggregated = api.get("/feeds/aggregated?limit=100", &t).await;
-        assert_eq!(aggregated.status, StatusCode::OK);
-        out.push(aggregated.body);
-    }
-    out
-}
-
-/// Lets any fan-out a request may have caused run, then compares.
-async fn assert_unchanged(api: &Api, users: &[&str], before: &[Value], what: &str) {
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        snapshot(api, users).await,
-        before,
-        "{what} changed stored data"
-    );
 }
 
 /// One request with full control of its headers.
@@ -429,7 +407,14 @@ async fn forged_expired_and_malformed_tokens_are_401_on_every_route_and_change_n
             assert_eq!(answer.body["error"]["code"], json!(code), "{what}");
         }
     }
-    assert_unchanged(&api, &users, &before, "a request with a bad token").await;
+    assert_unchanged(
+        &api,
+        server().queue(),
+        &users,
+        &before,
+        "a request with a bad token",
+    )
+    .await;
     // The valid token still works: the cases failed for their flaw, not for the user.
     assert_eq!(api.get("/feeds/flat", &valid).await.status, StatusCode::OK);
 }
@@ -534,7 +519,7 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
             let expected = route.expected(who);
             if expected.is_client_error() {
                 assert_error(&answer, expected, &what);
-                assert_unchanged(&api, &users, &before, &what).await;
+                assert_unchanged(&api, server().queue(), &users, &before, &what).await;
             } else {
                 assert_eq!(answer.status, expected, "{what}: {}", answer.body);
             }
@@ -671,7 +656,7 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
         let answer = call.send(&api).await;
         assert_error(&answer, expected, what);
     }
-    assert_unchanged(&api, &users, &before, "a refused request").await;
+    assert_unchanged(&api, server().queue(), &users, &before, "a refused request").await;
 }
 
 /// Sends raw bytes over one connection and reads the answer's status and body; `None` when the
@@ -790,7 +775,14 @@ async fn bodies_over_64_kib_are_413_and_change_nothing() {
         assert_eq!(status, 413, "{path} chunked: {body}");
         assert!(body.contains("\"error\""), "{body}");
     }
-    assert_unchanged(&api, &users, &before, "a body over the limit").await;
+    assert_unchanged(
+        &api,
+        server().queue(),
+        &users,
+        &before,
+        "a body over the limit",
+    )
+    .await;
 
     // At the limit exactly, a valid body is taken.
     let at_limit = Call::new(Method::POST, "/follow")
@@ -837,7 +829,14 @@ async fn bodies_that_are_not_json_are_415_and_change_nothing() {
             );
         }
     }
-    assert_unchanged(&api, &users, &before, "a body of another type").await;
+    assert_unchanged(
+        &api,
+        server().queue(),
+        &users,
+        &before,
+        "a body of another type",
+    )
+    .await;
 
     // JSON with parameters, in any case, or as a `+json` type, is JSON.
     for content_type in [
@@ -997,7 +996,7 @@ async fn deep_huge_and_broken_json_is_400_and_changes_nothing() {
             &format!("{what} to {path}"),
         );
     }
-    assert_unchanged(&api, &users, &before, "broken JSON").await;
+    assert_unchanged(&api, server().queue(), &users, &before, "broken JSON").await;
     let health = api.send(Method::GET, "/health", None, None).await;
     assert_eq!(health.status, StatusCode::OK, "the server is still well");
 }
@@ -1128,5 +1127,12 @@ async fn bad_cursors_and_limits_are_400_and_change_nothing() {
             );
         }
     }
-    assert_unchanged(&api, &users, &before, "a bad cursor or limit").await;
+    assert_unchanged(
+        &api,
+        server().queue(),
+        &users,
+        &before,
+        "a bad cursor or limit",
+    )
+    .await;
 }

@@ -5,83 +5,29 @@
 //! Needs Cassandra and ElasticMQ (`scripts/test.sh` starts both). Each test reads every feed it
 //! touched.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use feeds::fanout::{Fanout, FanoutJob, FanoutSettings};
+use feeds::fanout::{Fanout, FanoutSettings};
 use feeds::model::{Activity, ActivityId, FollowEdge};
 use feeds::queue::embedded::EmbeddedQueue;
-use feeds::queue::sqs::SqsQueue;
-use feeds::queue::{encode, Queue};
+use feeds::queue::FanoutJob;
+use feeds::queue::Queue;
 use feeds::store::cassandra::CassandraStore;
 use feeds::store::sqlite::SqliteDb;
 use feeds::store::{IdRange, Store};
+use feeds_testkit::api::Api;
+use feeds_testkit::server::Server;
+use feeds_testkit::services::{cassandra_store, handle, receive, send_raw, TestQueue};
+use feeds_testkit::wait::{eventually, until_drained, FanoutQueue};
+use feeds_testkit::{concurrently, unique};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use support::*;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_feeds-server");
 
 const KEYSPACE: &str = "feeds_delivery";
-
-/// A message as the consumer saw it: id, receipt handle, body.
-struct Received {
-    id: String,
-    receipt: String,
-    body: String,
-}
-
-async fn receive(queue: &SqsQueue, wait_seconds: i32) -> Vec<Received> {
-    queue
-        .receive(wait_seconds)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(m, receipt)| Received {
-            id: m.id,
-            receipt,
-            body: m.body,
-        })
-        .collect()
-}
-
-/// Runs the Lambda handler on the event Lambda builds from `messages`; answers the ids it
-/// reported failed.
-async fn handle(fanout: &Fanout, messages: &[Received]) -> Vec<String> {
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            json!({
-                "messageId": m.id, "receiptHandle": m.receipt, "body": m.body,
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795946400150"},
-                "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:fanout", "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    let event = serde_json::from_value(json!({ "Records": records })).unwrap();
-    fanout
-        .handle_sqs_event(event)
-        .await
-        .batch_item_failures
-        .into_iter()
-        .map(|f| f.item_identifier)
-        .collect()
-}
-
-async fn send_raw(queue: &SqsQueue, body: &str) -> String {
-    queue
-        .client()
-        .send_message()
-        .queue_url(queue.queue_url())
-        .message_body(body)
-        .send()
-        .await
-        .unwrap()
-        .message_id
-        .unwrap()
-}
 
 fn activity(actor: &str, object: &str, second: u32) -> Activity {
     let time = feeds::model::parse_time(&format!("2026-11-29T10:00:{second:02}Z")).unwrap();
@@ -144,7 +90,7 @@ impl World {
     /// own message is left undeleted (as by a consumer that crashed after its work) until its
     /// `deliveries`-th receipt: SQS delivers it again after the visibility timeout.
     async fn run(&self, job: FanoutJob, deliveries: usize) {
-        let head = send_raw(&self.queue.queue, &encode(&job)).await;
+        let head = send_raw(&self.queue.queue, &job.encode()).await;
         let mut received = 0;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -300,7 +246,7 @@ fn poison_bodies() -> Vec<String> {
         r#"{"kind":"teleport","to":"mars"}"#.to_owned(),
         r#"{"kind":"backfill","follower":"a","followee":"b","color":"red"}"#.to_owned(),
         r#"{"kind":"purge","follower":7,"followee":"b","before":null}"#.to_owned(),
-        encode(&FanoutJob::Backfill {
+        FanoutJob::encode(&FanoutJob::Backfill {
             follower: "x".repeat(70_000),
             followee: "b".into(),
         }),
@@ -361,11 +307,11 @@ async fn poison_messages_are_reported_alone_and_dead_lettered_after_max_receives
         poison_ids.insert(send_raw(&queue.queue, body).await);
         // The good messages between the poison ones.
         if let Some(job) = jobs.get(i) {
-            send_raw(&queue.queue, &encode(job)).await;
+            send_raw(&queue.queue, &job.encode()).await;
         }
     }
     for job in jobs.iter().skip(poison.len()) {
-        send_raw(&queue.queue, &encode(job)).await;
+        send_raw(&queue.queue, &job.encode()).await;
     }
 
     // The first receipt of all ten, in one batch as Lambda's event source may hand them over.
@@ -441,7 +387,7 @@ async fn server_worker_loop_dead_letters_poison_and_delivers_its_batch_mates_onc
         let (fanout, queue) = (fanout.clone(), queue.queue.clone());
         tokio::spawn(async move {
             fanout
-                .work_sqs(queue, async {
+                .work(&queue, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -464,29 +410,24 @@ async fn server_worker_loop_dead_letters_poison_and_delivers_its_batch_mates_onc
     assert_delivered_once(&store, &fans, &ids).await;
 }
 
-/// Waits until the fan-out has nothing left to do.
+/// Waits until the fan-out has nothing left to do; nothing may have been dead-lettered.
 enum Backlog {
-    Embedded(EmbeddedQueue),
+    Embedded(FanoutQueue, EmbeddedQueue),
     Sqs(TestQueue),
 }
 
 impl Backlog {
     async fn drained(&self) {
+        let limit = Duration::from_secs(120);
         match self {
             Backlog::Sqs(q) => {
-                q.drained(Duration::from_secs(120)).await;
+                q.drained(limit).await;
                 assert_eq!(q.dead_letters().await, 0, "nothing was dead-lettered");
             }
-            Backlog::Embedded(q) => {
-                let deadline = Instant::now() + Duration::from_secs(120);
-                let mut empty = 0;
-                while empty < 3 {
-                    let (pending, dead) = q.depth().await.unwrap();
-                    assert_eq!(dead, 0, "nothing was dead-lettered");
-                    assert!(Instant::now() < deadline, "{pending} jobs still pending");
-                    empty = if pending == 0 { empty + 1 } else { 0 };
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
+            Backlog::Embedded(at, q) => {
+                until_drained(at, limit).await;
+                let (_, dead) = q.depth().await.unwrap();
+                assert_eq!(dead, 0, "nothing was dead-lettered");
             }
         }
     }
@@ -653,6 +594,7 @@ async fn follow_unfollow_race(api: &Api, backlog: &Backlog, race: Race) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_unfollow_race_on_the_embedded_default_ends_with_the_feed_agreeing_with_the_edge() {
     let (server, db) = Server::embedded(
+        BIN,
         "race-embedded",
         &[("FEEDS_QUEUE_VISIBILITY_SECS", "5".into())],
     );
@@ -664,14 +606,15 @@ async fn follow_unfollow_race_on_the_embedded_default_ends_with_the_feed_agreein
         posts_during: 10,
         check_lists: true,
     };
-    follow_unfollow_race(&Api::new(&server), &Backlog::Embedded(queue), race).await;
+    let backlog = Backlog::Embedded(server.queue().clone(), queue);
+    follow_unfollow_race(&Api::new(&server), &backlog, race).await;
 }
 
 /// Backfills and purges against the edge (the `following` table), with no posts during the race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_unfollow_race_on_cassandra_and_sqs_ends_with_the_feed_agreeing_with_the_edge() {
     let queue = TestQueue::create("delivery_race", 2, 5).await;
-    let server = Server::cassandra_sqs("race-cassandra", KEYSPACE, queue.url(), &[]);
+    let server = Server::cassandra_sqs(BIN, "race-cassandra", KEYSPACE, queue.url(), &[]);
     let race = Race {
         pairs: 3,
         posts_during: 0,
@@ -685,7 +628,7 @@ async fn follow_unfollow_race_on_cassandra_and_sqs_ends_with_the_feed_agreeing_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_unfollow_race_on_cassandra_leaves_both_lists_and_the_feed_agreeing() {
     let queue = TestQueue::create("delivery_race_lists", 2, 5).await;
-    let server = Server::cassandra_sqs("race-cassandra-lists", KEYSPACE, queue.url(), &[]);
+    let server = Server::cassandra_sqs(BIN, "race-cassandra-lists", KEYSPACE, queue.url(), &[]);
     let race = Race {
         pairs: 3,
         posts_during: 10,

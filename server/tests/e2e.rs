@@ -2,242 +2,39 @@
 //! (SQLite and its in-process queue) and once on Cassandra and ElasticMQ (SQS). Every test uses fresh
 //! user names, so runs never see each other's data.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use reqwest::{Client, Method, StatusCode};
+use feeds_testkit::api::{ids, Api};
+use feeds_testkit::server::Server;
+use feeds_testkit::services::TestQueue;
+use feeds_testkit::snapshot::{assert_unchanged, snapshot};
+use feeds_testkit::tokens::{admin_token, token};
+use feeds_testkit::unique;
+use feeds_testkit::wait::{eventually, until_drained};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-/// A server process; it exits when the test process closes its standard input.
-struct Server {
-    base: String,
-    _stdin: Mutex<ChildStdin>,
-    _child: Mutex<Child>,
-}
+const BIN: &str = env!("CARGO_BIN_EXE_feeds-server");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    fn start(name: &str, envs: &[(&str, String)]) -> Server {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("feeds-e2e-{name}-{port}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_feeds-server"));
-        cmd.env("FEEDS_BIND", format!("127.0.0.1:{port}"))
-            .env("FEEDS_EXIT_ON_STDIN_EOF", "1")
-            .env("FEEDS_LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start feeds-server");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut text = String::new();
-                let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
-                panic!("feeds-server ({name}) exited with {status}:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "feeds-server ({name}) did not listen within 90 s; log: {}",
-                log.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let stdin = child.stdin.take().unwrap();
-        Server {
-            base: format!("http://127.0.0.1:{port}"),
-            _stdin: Mutex::new(stdin),
-            _child: Mutex::new(child),
-        }
-    }
-}
+/// How long fan-out may take.
+const FANOUT: Duration = Duration::from_secs(60);
 
 fn embedded() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let db = std::env::temp_dir().join(format!("feeds-e2e-{}.db", rand::random::<u64>()));
-        Server::start(
-            "embedded",
-            &[("FEEDS_SQLITE_PATH", db.display().to_string())],
-        )
-    })
+    SERVER.get_or_init(|| Server::embedded(BIN, "e2e-embedded", &[]).0)
 }
 
-fn cassandra() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_owned());
-        let sqs = var("FEEDS_SQS_ENDPOINT", "http://127.0.0.1:9324");
-        Server::start(
-            "cassandra",
-            &[
-                ("FEEDS_STORE", "cassandra".into()),
-                (
-                    "FEEDS_CASSANDRA_NODES",
-                    var("FEEDS_CASSANDRA_NODES", "127.0.0.1:9042"),
-                ),
-                ("FEEDS_CASSANDRA_KEYSPACE", "feeds_e2e".into()),
-                ("FEEDS_CASSANDRA_MIGRATE", "true".into()),
-                ("FEEDS_QUEUE", "sqs".into()),
-                ("FEEDS_SQS_ENDPOINT", sqs.clone()),
-                ("FEEDS_QUEUE_URL", format!("{sqs}/000000000000/fanout")),
-                ("AWS_REGION", var("AWS_REGION", "us-east-1")),
-                ("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID", "local")),
-                (
-                    "AWS_SECRET_ACCESS_KEY",
-                    var("AWS_SECRET_ACCESS_KEY", "local"),
-                ),
-            ],
-        )
-    })
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}_{:012x}", rand::random::<u64>() >> 16)
-}
-
-fn token(sub: &str) -> String {
-    let exp = chrono::Utc::now() + chrono::Duration::hours(1);
-    feeds::auth::mint_token(feeds::auth::DEV_PRIVATE_KEY_PEM, sub, &[], exp, None, None).unwrap()
-}
-
-fn admin_token() -> String {
-    let exp = chrono::Utc::now() + chrono::Duration::hours(1);
-    feeds::auth::mint_token(
-        feeds::auth::DEV_PRIVATE_KEY_PEM,
-        "svc_notifier",
-        &["feeds:admin"],
-        exp,
-        None,
-        None,
-    )
-    .unwrap()
-}
-
-/// A client of one server acting as one principal.
-struct Api<'a> {
-    server: &'a Server,
-    http: Client,
-}
-
-struct Answer {
-    status: StatusCode,
-    body: Value,
-}
-
-impl<'a> Api<'a> {
-    fn new(server: &'a Server) -> Self {
-        Api {
-            server,
-            http: Client::new(),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Answer {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.server.base));
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Answer { status, body }
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Answer {
-        self.send(Method::GET, path, Some(token), None).await
-    }
-
-    async fn follow(&self, follower: &str, following: &str) -> Answer {
-        self.send(
-            Method::POST,
-            "/follow",
-            Some(&token(follower)),
-            Some(json!({"follower": follower, "following": following})),
-        )
+/// On a queue of its own (the settings of the template's `fanout` queue), so that "the queue is
+/// drained" speaks of this server's fan-out only.
+async fn cassandra() -> &'static Server {
+    static SERVER: tokio::sync::OnceCell<Server> = tokio::sync::OnceCell::const_new();
+    SERVER
+        .get_or_init(|| async {
+            let queue = TestQueue::create("e2e", 30, 5).await;
+            Server::cassandra_sqs(BIN, "e2e-cassandra", "feeds_e2e", queue.url(), &[])
+        })
         .await
-    }
-
-    async fn post(&self, actor: &str, body: Value) -> Answer {
-        self.send(Method::POST, "/activities", Some(&token(actor)), Some(body))
-            .await
-    }
-
-    /// Every activity of a flat or user feed, walking pages to `next: null`.
-    async fn walk(&self, path: &str, token: &str, limit: usize) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let sep = if path.contains('?') { '&' } else { '?' };
-            let url = match &cursor {
-                Some(c) => format!("{path}{sep}limit={limit}&cursor={c}"),
-                None => format!("{path}{sep}limit={limit}"),
-            };
-            let page = self.get(&url, token).await;
-            assert_eq!(page.status, StatusCode::OK, "{url}: {}", page.body);
-            let results = page.body["results"].as_array().unwrap().clone();
-            assert!(results.len() <= limit);
-            out.extend(results);
-            match page.body["next"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => return out,
-            }
-        }
-    }
-
-    async fn flat_ids(&self, user: &str) -> Vec<String> {
-        ids(&self.walk("/feeds/flat", &token(user), 100).await)
-    }
-}
-
-fn ids(activities: &[Value]) -> Vec<String> {
-    activities
-        .iter()
-        .map(|a| a["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// Fan-out is asynchronous: waits (bounded) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn walkthrough_follow_post_read_aggregated(server: &Server) {
@@ -269,12 +66,16 @@ async fn walkthrough_follow_post_read_aggregated(server: &Server) {
     );
 
     let t2 = token(&u2);
-    eventually("the activity reaches usr_02's aggregated feed", || async {
-        let page = api.get("/feeds/aggregated", &t2).await;
-        page.body["results"]
-            .as_array()
-            .is_some_and(|g| !g.is_empty())
-    })
+    eventually(
+        "the activity reaches usr_02's aggregated feed",
+        FANOUT,
+        || async {
+            let page = api.get("/feeds/aggregated", &t2).await;
+            page.body["results"]
+                .as_array()
+                .is_some_and(|g| !g.is_empty())
+        },
+    )
     .await;
     let page = api.get("/feeds/aggregated", &t2).await;
     let group = &page.body["results"][0];
@@ -329,11 +130,13 @@ async fn pagination_walk_returns_each_activity_once_newest_first(server: &Server
         posted.push(a.body);
     }
     let t = token(&reader);
-    eventually("all 150 activities reach the reader's timeline", || async {
-        api.walk("/feeds/flat", &t, 100).await.len() == 150
-    })
+    eventually(
+        "all 150 activities reach the reader's timeline",
+        FANOUT,
+        || async { api.walk("/feeds/flat", &t).await.len() == 150 },
+    )
     .await;
-    let walked = api.walk("/feeds/flat", &t, 7).await;
+    let walked = api.walk_by("/feeds/flat", &t, 7).await;
     let walked_ids = ids(&walked);
     let mut expected = posted.clone();
     expected.sort_by(|a, b| {
@@ -350,7 +153,9 @@ async fn pagination_walk_returns_each_activity_once_newest_first(server: &Server
         ids(&expected),
         "each activity exactly once, newest first"
     );
-    let user_feed = api.walk(&format!("/feeds/user/{}", actors[0]), &t, 7).await;
+    let user_feed = api
+        .walk_by(&format!("/feeds/user/{}", actors[0]), &t, 7)
+        .await;
     assert_eq!(user_feed.len(), 50);
     let groups = {
         let mut all = Vec::new();
@@ -410,9 +215,11 @@ async fn follow_backfills_and_unfollow_purges(server: &Server) {
         .await
         .body;
     assert_eq!(api.follow(&fan, &star).await.status, StatusCode::CREATED);
-    eventually("the star's earlier activities are backfilled", || async {
-        api.flat_ids(&fan).await.len() == 4
-    })
+    eventually(
+        "the star's earlier activities are backfilled",
+        FANOUT,
+        || async { api.flat_ids(&fan).await.len() == 4 },
+    )
     .await;
 
     let gone = api
@@ -425,9 +232,11 @@ async fn follow_backfills_and_unfollow_purges(server: &Server) {
         .await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
     let kept_id = kept["id"].as_str().unwrap().to_owned();
-    eventually("no activity of the unfollowed user remains", || async {
-        api.flat_ids(&fan).await == vec![kept_id.clone()]
-    })
+    eventually(
+        "no activity of the unfollowed user remains",
+        FANOUT,
+        || async { api.flat_ids(&fan).await == vec![kept_id.clone()] },
+    )
     .await;
     let again = api
         .send(
@@ -468,7 +277,7 @@ async fn delete_removes_activity_from_followers_feeds(server: &Server) {
         a["id"].as_str().unwrap().to_owned(),
         b["id"].as_str().unwrap().to_owned(),
     );
-    eventually("both activities are delivered", || async {
+    eventually("both activities are delivered", FANOUT, || async {
         api.flat_ids(&f1).await.len() == 2 && api.flat_ids(&f2).await.len() == 2
     })
     .await;
@@ -495,14 +304,14 @@ async fn delete_removes_activity_from_followers_feeds(server: &Server) {
         )
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    eventually("the deleted activity is in no feed", || async {
+    eventually("the deleted activity is in no feed", FANOUT, || async {
         api.flat_ids(&f1).await == vec![b_id.clone()]
             && api.flat_ids(&f2).await == vec![b_id.clone()]
     })
     .await;
     assert_eq!(
         ids(&api
-            .walk(&format!("/feeds/user/{actor}"), &token(&actor), 10)
+            .walk_by(&format!("/feeds/user/{actor}"), &token(&actor), 10)
             .await),
         vec![b_id.clone()]
     );
@@ -561,14 +370,14 @@ async fn repost_with_same_foreign_id_is_idempotent(server: &Server) {
         StatusCode::OK,
         "a feeds:admin service may post for the actor"
     );
-    eventually("the activity is delivered", || async {
+    eventually("the activity is delivered", FANOUT, || async {
         api.flat_ids(&fan).await.len() == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_drained(server.queue(), FANOUT).await;
     assert_eq!(api.flat_ids(&fan).await.len(), 1, "delivered once");
     assert_eq!(
-        api.walk(&format!("/feeds/user/{actor}"), &token(&actor), 10)
+        api.walk_by(&format!("/feeds/user/{actor}"), &token(&actor), 10)
             .await
             .len(),
         1,
@@ -576,22 +385,15 @@ async fn repost_with_same_foreign_id_is_idempotent(server: &Server) {
     );
 }
 
-/// Everything a bad request could have changed, read back.
-async fn snapshot(api: &Api<'_>, users: &[&str]) -> Vec<Value> {
-    let mut out = Vec::new();
-    for u in users {
-        let t = token(u);
-        for path in [
-            "/feeds/flat".to_owned(),
-            format!("/feeds/user/{u}"),
-            format!("/users/{u}/followers"),
-            format!("/users/{u}/following"),
-        ] {
-            out.push(api.get(&format!("{path}?limit=100"), &t).await.body);
-        }
-    }
-    out
-}
+/// A refused request: the status it gets, method, path, token, body, and what it is.
+type BadRequest = (
+    StatusCode,
+    Method,
+    String,
+    Option<String>,
+    Option<String>,
+    &'static str,
+);
 
 async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
     let api = Api::new(server);
@@ -602,8 +404,10 @@ async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
         .await
         .body;
     let existing_id = existing["id"].as_str().unwrap().to_owned();
-    eventually("the setup is delivered", || async {
-        api.flat_ids(&you).await.len() == 1
+    let second = api.post(&me, json!({"actor": me, "object": "o1"})).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.body);
+    eventually("the setup is delivered", FANOUT, || async {
+        api.flat_ids(&you).await.len() == 2
     })
     .await;
     let before = snapshot(&api, &[&me, &you]).await;
@@ -619,14 +423,7 @@ async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
     )
     .unwrap();
     let post_body = json!({"actor": me, "object": "o2"});
-    let cases: Vec<(
-        StatusCode,
-        Method,
-        String,
-        Option<String>,
-        Option<String>,
-        &str,
-    )> = vec![
+    let cases: Vec<BadRequest> = vec![
         // 401: no token, a bad token, an expired token, on every kind of route.
         (
             StatusCode::UNAUTHORIZED,
@@ -961,22 +758,19 @@ async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
         .await
         .unwrap();
     assert_eq!(wrong_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // `you`'s flat feed holds two activities: its first page of one has a cursor.
     let foreign_cursor = api.get("/feeds/flat?limit=1", &token(&you)).await;
-    if let Some(c) = foreign_cursor.body["next"].as_str() {
-        assert_eq!(
-            api.get(&format!("/feeds/flat?cursor={c}"), &mine)
-                .await
-                .status,
-            StatusCode::BAD_REQUEST,
-            "another list's cursor"
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = foreign_cursor.body["next"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a second page: {}", foreign_cursor.body));
     assert_eq!(
-        snapshot(&api, &[&me, &you]).await,
-        before,
-        "no bad request changed anything"
+        api.get(&format!("/feeds/flat?cursor={c}"), &mine)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST,
+        "another list's cursor"
     );
+    assert_unchanged(&api, server.queue(), &[&me, &you], &before, "a bad request").await;
 }
 
 async fn health_answers_without_a_token(server: &Server) {
@@ -995,7 +789,7 @@ macro_rules! on_both_backends {
         }
         mod cassandra_and_sqs {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::cassandra()).await }
+            async fn $scenario() { super::$scenario(super::cassandra().await).await }
             )*
         }
     };

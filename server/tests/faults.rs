@@ -7,16 +7,19 @@
 //! parallel, but never two test binaries at once), and a guard starts each service again when a
 //! test ends, also when it fails.
 
-mod support;
-
 use std::time::{Duration, Instant};
-
-use reqwest::{Method, StatusCode};
-use serde_json::json;
-use support::*;
 
 use feeds::model::FollowEdge;
 use feeds::store::{IdRange, Store};
+use feeds_testkit::api::Api;
+use feeds_testkit::server::Server;
+use feeds_testkit::services::{cassandra_store, script_async, KeepRunning, TestQueue};
+use feeds_testkit::wait::eventually;
+use feeds_testkit::{concurrently, unique};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_feeds-server");
 
 /// The keyspace of these tests.
 const KEYSPACE: &str = "feeds_faults";
@@ -34,6 +37,7 @@ async fn cassandra_stopped_mid_fanout_to_5000_followers_delivers_each_activity_e
     // reach the dead-letter queue for that.
     let queue = TestQueue::create("faults_cassandra", 2, 1000).await;
     let server = Server::cassandra_sqs(
+        BIN,
         "faults-cassandra",
         KEYSPACE,
         queue.url(),
@@ -166,7 +170,7 @@ async fn queue_stopped_while_posting_answers_503_and_the_retry_stores_and_fans_o
     let _elasticmq = KeepRunning("elasticmq");
     let started = Instant::now();
     let queue = TestQueue::create("faults_queue", 2, 5).await;
-    let server = Server::cassandra_sqs("faults-queue", KEYSPACE, queue.url(), &[]);
+    let server = Server::cassandra_sqs(BIN, "faults-queue", KEYSPACE, queue.url(), &[]);
     let api = Api::new(&server);
 
     let star = unique("star");

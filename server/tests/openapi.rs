@@ -4,19 +4,18 @@
 //! real responses have the documented status and exactly the documented properties.
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{header, Method, Request};
 use axum::Router;
-use chrono::{DateTime, Utc};
-use feeds::auth::{mint_token, DEV_PRIVATE_KEY_PEM};
-use feeds::config::{env, Backends};
+use chrono::DateTime;
 use feeds::fanout::Fanout;
 use feeds::http::{router, Routes};
 use feeds::queue::embedded::EmbeddedQueue;
-use feeds::store::sqlite::{SqliteDb, SqliteStore};
+use feeds_testkit::services::in_memory;
+use feeds_testkit::tokens::{assert_dev_key, token};
+use feeds_testkit::wait::drain_embedded;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -218,36 +217,14 @@ struct Answer {
 }
 
 async fn fixture() -> Fixture {
-    assert!(
-        env("FEEDS_JWT_PUBLIC_KEY").is_none()
-            && env("FEEDS_JWT_PUBLIC_KEY_FILE").is_none()
-            && env("FEEDS_JWKS").is_none()
-            && env("FEEDS_JWKS_FILE").is_none(),
-        "these tests sign tokens with the development key"
-    );
-    let db = SqliteDb::open(":memory:").unwrap();
-    let store = Arc::new(SqliteStore::new(db.clone()));
-    let queue = EmbeddedQueue::new(db, Duration::from_secs(30), 5)
-        .await
-        .unwrap();
-    let backends = Backends {
-        store: store.clone(),
-        queue: Arc::new(queue.clone()),
-        embedded_queue: Some(queue.clone()),
-        sqs_queue: None,
-        fanout: Fanout::new(store, Arc::new(queue.clone()), Default::default()),
-    };
-    let app = feeds::config::app(&backends).unwrap();
+    assert_dev_key();
+    let (backends, _, queue) = in_memory().await;
+    let app = feeds_testkit::services::app(&backends);
     Fixture {
         router: router(app, Routes::All),
         queue,
         fanout: backends.fanout.clone(),
     }
-}
-
-fn token(sub: &str) -> String {
-    let expires = Utc::now() + chrono::Duration::hours(1);
-    mint_token(DEV_PRIVATE_KEY_PEM, sub, &[], expires, None, None).unwrap()
 }
 
 impl Fixture {
@@ -342,20 +319,6 @@ impl Fixture {
         );
         documented(method, uri, &answer);
         answer.body
-    }
-
-    /// Runs every queued fan-out job, as the server's in-process worker does.
-    async fn drain_fanout(&self) {
-        loop {
-            let messages = self.queue.receive(10).await.unwrap();
-            if messages.is_empty() {
-                return;
-            }
-            let failed = self.fanout.run_batch(&messages).await;
-            assert!(failed.is_empty(), "fan-out jobs failed: {failed:?}");
-            let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
-            self.queue.delete(&ids).await.unwrap();
-        }
     }
 }
 
@@ -595,7 +558,7 @@ async fn follow_post_read_walkthrough_answers_documented_statuses_and_shapes() {
         )
         .await;
     assert_eq!(existing, edge, "an existing edge keeps its created_at");
-    f.drain_fanout().await;
+    drain_embedded(&f.queue, &f.fanout).await;
 
     let flat = f.expect("get", "/feeds/flat", reader, None, 200).await;
     assert_eq!(flat["results"].as_array().unwrap().len(), 3, "{flat}");
@@ -655,13 +618,13 @@ async fn follow_post_read_walkthrough_answers_documented_statuses_and_shapes() {
         .expect("delete", "/follow/usr_02/usr_01", reader, None, 204)
         .await;
     assert_eq!(unfollowed, Value::Null);
-    f.drain_fanout().await;
+    drain_embedded(&f.queue, &f.fanout).await;
     let flat = f.expect("get", "/feeds/flat", reader, None, 200).await;
     assert_eq!(flat, json!({"results": [], "next": null}));
     let id = first["id"].as_str().unwrap();
     f.expect("delete", &format!("/activities/{id}"), author, None, 204)
         .await;
-    f.drain_fanout().await;
+    drain_embedded(&f.queue, &f.fanout).await;
     let own = f
         .expect("get", "/feeds/user/usr_01", reader, None, 200)
         .await;

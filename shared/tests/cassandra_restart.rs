@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use feeds::config::Backends;
-use feeds::fanout::Fanout;
+
 use feeds::http::{router, Routes};
 use feeds::queue::sqs::{SqsConfig, SqsQueue};
 use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
+use feeds_testkit::services::{event, script, sqs_endpoint};
 use lambda_http::request::LambdaRequest;
 use lambda_http::tower::Service;
 use lambda_http::{Adapter, Context, LambdaEvent};
@@ -31,7 +32,6 @@ async fn invoke(router: &axum::Router, event: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_succeeds_after_cassandra_restarts_between_invocations() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let mut cfg = CassandraConfig::read(&Env::process()).unwrap();
     cfg.keyspace = "feeds_restart_test".into();
     // Built once, as a Lambda `main` does.
@@ -40,34 +40,23 @@ async fn handler_succeeds_after_cassandra_restarts_between_invocations() {
         .expect("Cassandra (scripts/cassandra.sh start)");
     cassandra::migrate(&session, &cfg).await.unwrap();
     let store = Arc::new(CassandraStore::new(Arc::new(session), &cfg).await.unwrap());
-    let endpoint =
-        std::env::var("FEEDS_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9324".into());
+    let endpoint = sqs_endpoint();
     let queue_url = format!("{endpoint}/000000000000/fanout");
-    let queue = Arc::new(
-        SqsQueue::from_config(&SqsConfig {
-            queue_url,
-            endpoint: Some(endpoint),
-        })
-        .await,
-    );
-    let backends = Backends {
-        store: store.clone(),
-        queue: queue.clone(),
-        embedded_queue: None,
-        sqs_queue: None,
-        fanout: Fanout::new(store, queue, Default::default()),
-    };
-    let app = feeds::config::app(&backends).unwrap();
+    let queue = SqsQueue::from_config(&SqsConfig {
+        queue_url,
+        endpoint: Some(endpoint),
+    })
+    .await;
+    let backends = Backends::new(store, queue, Default::default());
+    let app = feeds_testkit::services::app(&backends);
     let function = router(app, Routes::GetFeed);
-    let event = std::fs::read_to_string(format!("{root}/events/get-feed-flat.json")).unwrap();
+    let event = event("get-feed-flat.json");
 
     assert_eq!(invoke(&function, &event).await, 200, "before the restart");
-    let restarted = std::process::Command::new("bash")
-        .arg(format!("{root}/scripts/cassandra.sh"))
-        .arg("restart")
-        .status()
-        .unwrap();
-    assert!(restarted.success(), "scripts/cassandra.sh restart failed");
+    assert!(
+        script("cassandra", "restart"),
+        "scripts/cassandra.sh restart failed"
+    );
     assert_eq!(
         invoke(&function, &event).await,
         200,

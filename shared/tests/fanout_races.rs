@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use feeds::fanout::{Fanout, FanoutJob, FanoutSettings};
+use feeds::fanout::{Fanout, FanoutSettings};
 use feeds::model::{parse_time, Activity, ActivityId, FollowEdge, Relation};
 use feeds::queue::embedded::EmbeddedQueue;
+use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{IdRange, Store, StoreError, TimelineEntry};
+use feeds_testkit::wait::drain_embedded;
 use tokio::sync::oneshot;
 
 /// Holds the next call of one write until released.
@@ -172,19 +174,6 @@ impl Setup {
         activity
     }
 
-    /// Runs every queued job until the queue is empty.
-    async fn drain(&self) {
-        loop {
-            let messages = self.queue.receive(10).await.unwrap();
-            if messages.is_empty() {
-                return;
-            }
-            assert!(self.fanout.run_batch(&messages).await.is_empty());
-            let ids: Vec<String> = messages.into_iter().map(|m| m.id).collect();
-            self.queue.delete(&ids).await.unwrap();
-        }
-    }
-
     /// Starts `job`, and answers once it waits at the armed gate.
     async fn start_paused(
         &self,
@@ -229,7 +218,7 @@ async fn backfill_that_saw_the_edge_before_an_unfollow_leaves_nothing_behind() {
     s.fanout.run(&purge).await.unwrap();
     release.send(()).unwrap();
     task.await.unwrap();
-    s.drain().await;
+    drain_embedded(&s.queue, &s.fanout).await;
     assert!(
         s.timeline("fan").await.is_empty(),
         "{} and {} stay in the feed of a user who no longer follows their actor",
@@ -262,7 +251,7 @@ async fn purge_that_overlapped_a_follow_again_leaves_the_feed_whole() {
     s.fanout.run(&backfill).await.unwrap();
     release.send(()).unwrap();
     task.await.unwrap();
-    s.drain().await;
+    drain_embedded(&s.queue, &s.fanout).await;
     assert_eq!(
         s.timeline("fan").await,
         [a2.id, a1.id],
@@ -292,7 +281,7 @@ async fn delivery_that_read_the_followers_before_an_unfollow_leaves_nothing_behi
     s.fanout.run(&purge).await.unwrap();
     release.send(()).unwrap();
     task.await.unwrap();
-    s.drain().await;
+    drain_embedded(&s.queue, &s.fanout).await;
     assert!(
         s.timeline("fan").await.is_empty(),
         "{} reached a user who no longer follows its actor",
@@ -300,7 +289,7 @@ async fn delivery_that_read_the_followers_before_an_unfollow_leaves_nothing_behi
     );
     assert_eq!(
         s.timeline("friend").await,
-        [a.id.clone()],
+        [a.id],
         "and still reached the follower"
     );
 }

@@ -2,114 +2,22 @@
 //! the `SqsEvent` Lambda would build, and it writes to the real Cassandra.
 //! Needs `scripts/cassandra.sh start` and `scripts/elasticmq.sh start` (the test command runs both).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::Client;
-use feeds::fanout::{Fanout, FanoutJob, FanoutSettings};
+use feeds::fanout::{Fanout, FanoutSettings};
 use feeds::model::{parse_time, Activity, ActivityId, FollowEdge};
-use feeds::queue::sqs::{SqsConfig, SqsQueue};
+use feeds::queue::FanoutJob;
 use feeds::queue::Queue;
-use feeds::settings::Env;
-use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
+use feeds::store::cassandra::CassandraStore;
 use feeds::store::{IdRange, Store};
+use feeds_testkit::services::{cassandra_store, fresh_queue, handle, receive, send_raw};
+use feeds_testkit::unique;
+use feeds_testkit::wait::drain_sqs;
 use futures::stream::{self, StreamExt};
-use serde_json::json;
-use tokio::sync::OnceCell;
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{:012x}", rand::random::<u64>() >> 16)
-}
-
-/// A store of its own for each test: a session's connections live on the runtime that made them,
-/// and each test has its own runtime. The schema is migrated once.
-async fn store() -> Arc<CassandraStore> {
-    static MIGRATED: OnceCell<()> = OnceCell::const_new();
-    let mut cfg = CassandraConfig::read(&Env::process()).unwrap();
-    cfg.keyspace = "feeds_fanout_test".into();
-    let session = cassandra::connect(&cfg)
-        .await
-        .expect("Cassandra on FEEDS_CASSANDRA_NODES (scripts/cassandra.sh start)");
-    MIGRATED
-        .get_or_init(|| async { cassandra::migrate(&session, &cfg).await.unwrap() })
-        .await;
-    Arc::new(CassandraStore::new(Arc::new(session), &cfg).await.unwrap())
-}
-
-/// A fresh queue on the local SQS server, so tests never see each other's messages.
-async fn fresh_queue() -> SqsQueue {
-    let endpoint =
-        std::env::var("FEEDS_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9324".into());
-    let client: Client = feeds::queue::sqs::client(&SqsConfig {
-        queue_url: String::new(),
-        endpoint: Some(endpoint),
-    })
-    .await;
-    let name = unique("fanout_test");
-    let created = client
-        .create_queue()
-        .queue_name(&name)
-        .send()
-        .await
-        .expect("ElasticMQ on FEEDS_SQS_ENDPOINT (scripts/elasticmq.sh start)");
-    SqsQueue::new(client, created.queue_url.unwrap())
-}
-
-/// Receives what the queue holds, as Lambda's event source does, and builds the event Lambda sends.
-async fn receive_event(queue: &SqsQueue) -> Option<(SqsEvent, HashMap<String, String>)> {
-    let received = queue.receive(1).await.unwrap();
-    if received.is_empty() {
-        return None;
-    }
-    let mut receipts = HashMap::new();
-    let records: Vec<_> = received
-        .into_iter()
-        .map(|(m, receipt)| {
-            receipts.insert(m.id.clone(), receipt.clone());
-            json!({
-                "messageId": m.id, "receiptHandle": receipt, "body": m.body,
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795946400150"},
-                "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:fanout", "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    Some((
-        serde_json::from_value(json!({"Records": records})).unwrap(),
-        receipts,
-    ))
-}
-
-/// Runs the handler on everything the queue delivers until it stays empty; deletes what succeeded
-/// (as the event source does) and answers the ids reported failed.
-async fn drain(fanout: &Fanout, queue: &SqsQueue) -> Vec<String> {
-    let mut failed = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let mut empty_polls = 0;
-    while empty_polls < 2 {
-        assert!(Instant::now() < deadline, "the queue did not drain");
-        let Some((event, receipts)) = receive_event(queue).await else {
-            empty_polls += 1;
-            continue;
-        };
-        empty_polls = 0;
-        let response = fanout.handle_sqs_event(event).await;
-        let failures: Vec<String> = response
-            .batch_item_failures
-            .into_iter()
-            .map(|f| f.item_identifier)
-            .collect();
-        for (id, receipt) in receipts {
-            if !failures.contains(&id) {
-                queue.delete(&receipt).await.unwrap();
-            }
-        }
-        failed.extend(failures);
-    }
-    failed
-}
+/// The keyspace of these tests.
+const KEYSPACE: &str = "feeds_fanout_test";
 
 async fn post(store: &CassandraStore, actor: &str) -> Activity {
     let time = parse_time("2026-11-29T10:00:00Z").unwrap();
@@ -163,8 +71,8 @@ async fn timelines(store: &CassandraStore, owners: &[String]) -> Vec<Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_fanout_reaches_2500_followers_exactly_once() {
-    let store = store().await;
-    let queue = fresh_queue().await;
+    let store = cassandra_store(KEYSPACE).await;
+    let queue = fresh_queue("fanout_test").await;
     let settings = FanoutSettings {
         chunk_size: 200,
         ..Default::default()
@@ -182,7 +90,7 @@ async fn chunked_fanout_reaches_2500_followers_exactly_once() {
         }])
         .await
         .unwrap();
-    let failed = drain(&fanout, &queue).await;
+    let failed = drain_sqs(&queue, &fanout).await;
     assert!(failed.is_empty(), "failed: {failed:?}");
     let feeds = timelines(&store, &fans).await;
     let missing = feeds
@@ -197,8 +105,8 @@ async fn chunked_fanout_reaches_2500_followers_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_message_changes_nothing() {
-    let store = store().await;
-    let queue = fresh_queue().await;
+    let store = cassandra_store(KEYSPACE).await;
+    let queue = fresh_queue("fanout_test").await;
     let fanout = Fanout::new(
         store.clone(),
         Arc::new(queue.clone()),
@@ -220,32 +128,25 @@ async fn redelivered_message_changes_nothing() {
         .unwrap();
 
     // The first message is handled but not deleted: SQS delivers it again after its visibility timeout.
-    let (first, _) = receive_event(&queue).await.expect("the job");
-    assert!(fanout
-        .handle_sqs_event(first.clone())
-        .await
-        .batch_item_failures
-        .is_empty());
-    assert!(drain(&fanout, &queue).await.is_empty());
+    let first = receive(&queue, 1).await;
+    assert!(!first.is_empty(), "the job");
+    assert!(handle(&fanout, &first).await.is_empty());
+    assert!(drain_sqs(&queue, &fanout).await.is_empty());
     let once = timelines(&store, &fans).await;
     assert!(once.iter().all(|f| f.as_slice() == [activity.id.clone()]));
 
     assert!(
-        fanout
-            .handle_sqs_event(first)
-            .await
-            .batch_item_failures
-            .is_empty(),
+        handle(&fanout, &first).await.is_empty(),
         "the redelivery succeeds"
     );
-    assert!(drain(&fanout, &queue).await.is_empty());
+    assert!(drain_sqs(&queue, &fanout).await.is_empty());
     assert_eq!(timelines(&store, &fans).await, once, "and changes nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparsable_message_is_reported_alone_and_batch_mates_succeed() {
-    let store = store().await;
-    let queue = fresh_queue().await;
+    let store = cassandra_store(KEYSPACE).await;
+    let queue = fresh_queue("fanout_test").await;
     let fanout = Fanout::new(
         store.clone(),
         Arc::new(queue.clone()),
@@ -273,36 +174,20 @@ async fn unparsable_message_is_reported_alone_and_batch_mates_succeed() {
         "not json at all".to_owned(),
     ];
     for body in &bodies {
-        queue
-            .client()
-            .send_message()
-            .queue_url(queue.queue_url())
-            .message_body(body)
-            .send()
-            .await
-            .unwrap();
+        send_raw(&queue, body).await;
     }
-    let mut event_records = Vec::new();
+    let mut batch = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while event_records.len() < 3 {
+    while batch.len() < 3 {
         assert!(Instant::now() < deadline, "messages did not arrive");
-        if let Some((event, _)) = receive_event(&queue).await {
-            event_records.extend(event.records);
-        }
+        batch.extend(receive(&queue, 1).await);
     }
-    let poison: Vec<String> = event_records
+    let poison: Vec<String> = batch
         .iter()
-        .filter(|r| !r.body.as_deref().unwrap_or("").contains("deliver"))
-        .map(|r| r.message_id.clone().unwrap())
+        .filter(|m| !m.body.contains("deliver"))
+        .map(|m| m.id.clone())
         .collect();
-    let mut event = SqsEvent::default();
-    event.records = event_records;
-    let response = fanout.handle_sqs_event(event).await;
-    let mut reported: Vec<String> = response
-        .batch_item_failures
-        .into_iter()
-        .map(|f| f.item_identifier)
-        .collect();
+    let mut reported = handle(&fanout, &batch).await;
     reported.sort();
     let mut expected = poison.clone();
     expected.sort();

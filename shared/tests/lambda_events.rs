@@ -2,26 +2,21 @@
 //! `events/`: the events are real API Gateway HTTP API (v2) and SQS shapes, with development tokens.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use feeds::config::env;
 use feeds::http::{router, App, Routes};
 use feeds::model::{parse_time, Activity};
 use feeds::queue::embedded::EmbeddedQueue;
-use feeds::store::sqlite::{SqliteDb, SqliteStore};
+use feeds::store::sqlite::SqliteStore;
 use feeds::store::{IdRange, Store};
+use feeds_testkit::services::{event, in_memory};
+use feeds_testkit::tokens::assert_dev_key;
 use lambda_http::request::LambdaRequest;
 use lambda_http::tower::Service;
 use lambda_http::{Adapter, Context, LambdaEvent};
 use serde_json::Value;
 
 const SAMPLE_ACTIVITY: &str = "000661675b3528007c4f9a1e2b8d3f60";
-
-fn event(name: &str) -> String {
-    let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 struct Fixture {
     store: Arc<SqliteStore>,
@@ -30,27 +25,9 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let db = SqliteDb::open(":memory:").unwrap();
-    let store = Arc::new(SqliteStore::new(db.clone()));
-    let queue = EmbeddedQueue::new(db, Duration::from_secs(30), 5)
-        .await
-        .unwrap();
-    let backends = feeds::config::Backends {
-        store: store.clone(),
-        queue: Arc::new(queue.clone()),
-        embedded_queue: Some(queue.clone()),
-        sqs_queue: None,
-        fanout: feeds::fanout::Fanout::new(
-            store.clone(),
-            Arc::new(queue.clone()),
-            Default::default(),
-        ),
-    };
-    assert!(
-        env("FEEDS_JWT_PUBLIC_KEY").is_none() && env("FEEDS_JWKS").is_none(),
-        "the events carry development tokens"
-    );
-    let app = feeds::config::app(&backends).unwrap();
+    assert_dev_key();
+    let (backends, store, queue) = in_memory().await;
+    let app = feeds_testkit::services::app(&backends);
     Fixture { store, queue, app }
 }
 
@@ -180,7 +157,7 @@ async fn fanout_function_answers_its_sample_event() {
         Arc::new(f.queue.clone()),
         Default::default(),
     );
-    let response = fanout.handle_sqs_event(event).await;
+    let response = feeds::lambda::handle_sqs_event(&fanout, event).await;
     assert!(
         response.batch_item_failures.is_empty(),
         "{:?}",

@@ -8,9 +8,6 @@ use crate::model::{Activity, FollowEdge, Relation};
 pub mod cassandra;
 pub mod sqlite;
 
-#[cfg(test)]
-pub mod conformance;
-
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or timed out: the request may be retried later (`503`).

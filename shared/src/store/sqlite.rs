@@ -349,14 +349,3 @@ impl Store for SqliteStore {
             .await
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn sqlite_store_passes_the_conformance_suite() {
-        let store = SqliteStore::new(SqliteDb::open(":memory:").unwrap());
-        crate::store::conformance::run(&store).await;
-    }
-}

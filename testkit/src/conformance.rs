@@ -2,13 +2,10 @@
 //! run against a shared database.
 
 use chrono::{Duration, Utc};
+use feeds::model::{parse_time, Activity, ActivityId, FollowEdge};
+use feeds::store::{IdRange, Store, TimelineEntry};
 
-use super::{IdRange, Store, TimelineEntry};
-use crate::model::{parse_time, Activity, ActivityId, FollowEdge};
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{:016x}", rand::random::<u64>())
-}
+use crate::unique;
 
 fn activity(actor: &str, time: &str, foreign_id: Option<&str>) -> Activity {
     let time = parse_time(time).unwrap();
@@ -24,6 +21,7 @@ fn activity(actor: &str, time: &str, foreign_id: Option<&str>) -> Activity {
     }
 }
 
+/// Runs the whole suite on `store`.
 pub async fn run(store: &dyn Store) {
     store.health().await.expect("health");
     follow_edges_are_idempotent_and_listed_in_order(store).await;
