@@ -22,9 +22,9 @@ pub const ADMIN_SCOPE: &str = "feeds:admin";
 /// Key id under which the development key is published in `etc/dev-keys/dev-jwks.json`.
 pub const DEV_KEY_ID: &str = "dev-1";
 /// The committed development private key (ES256). Anyone can read it: never trust it in production.
-pub const DEV_PRIVATE_KEY_PEM: &str = include_str!("../../etc/dev-keys/dev-private.pem");
+pub const DEV_PRIVATE_KEY_PEM: &str = include_str!("../../../etc/dev-keys/dev-private.pem");
 /// The committed development public key, used when no key is configured.
-pub const DEV_PUBLIC_KEY_PEM: &str = include_str!("../../etc/dev-keys/dev-public.pem");
+pub const DEV_PUBLIC_KEY_PEM: &str = include_str!("../../../etc/dev-keys/dev-public.pem");
 /// Clock leeway applied to `exp` and `nbf` unless configured otherwise.
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// Upper bound for the leeway: a larger one would make expiry meaningless.
@@ -764,7 +764,7 @@ mod tests {
 
     use super::*;
 
-    const DEV_JWKS_JSON: &str = include_str!("../../etc/dev-keys/dev-jwks.json");
+    const DEV_JWKS_JSON: &str = include_str!("../../../etc/dev-keys/dev-jwks.json");
 
     fn verifier(cfg: AuthConfig) -> Verifier {
         Verifier::new(&cfg).expect("valid test configuration")
