@@ -12,6 +12,7 @@ use crate::queue::embedded::EmbeddedQueue;
 #[cfg(feature = "aws")]
 use crate::queue::sqs::{SqsConfig, SqsQueue};
 use crate::queue::Queue;
+use crate::settings::Env;
 #[cfg(feature = "aws")]
 use crate::store::cassandra::{self, CassandraConfig, CassandraStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
@@ -177,7 +178,7 @@ pub async fn backends(
 
 /// The HTTP application over the given backends.
 pub fn app(backends: &Backends) -> Result<App, ConfigError> {
-    let auth = AuthConfig::from_env().map_err(|e| ConfigError(e.to_string()))?;
+    let auth = AuthConfig::read(&Env::process()).map_err(|e| ConfigError(e.to_string()))?;
     let verifier = Verifier::new(&auth).map_err(|e| ConfigError(e.to_string()))?;
     let secret = env("FEEDS_CURSOR_SECRET").unwrap_or_else(|| {
         tracing::warn!("FEEDS_CURSOR_SECRET is not set: using the development cursor secret");
