@@ -1,7 +1,7 @@
 //! Hostile and malformed requests against the real server binary on the embedded default, over
 //! HTTP: forged and broken tokens, every route as its owner, as another user, as a `feeds:admin`
 //! service and without a token, bodies over the limit, wrong content types, deep and huge JSON,
-//! and bad cursors and limits. Each is answered with the status API.md gives, as a JSON error, and
+//! and bad cursors and limits. Each is answered with the status docs/API.md gives, as a JSON error, and
 //! changes nothing: every feed and list it could touch is read before and after.
 
 use std::sync::OnceLock;
@@ -427,7 +427,7 @@ enum Who {
     Nobody,
 }
 
-/// The routes of API.md, each acting on or for the world's `me`.
+/// The routes of docs/API.md, each acting on or for the world's `me`.
 #[derive(Debug, Clone, Copy)]
 enum Route {
     Follow,
@@ -475,7 +475,7 @@ impl Route {
         }
     }
 
-    /// API.md: acting for someone else needs `feeds:admin`; reading user feeds and lists is open
+    /// docs/API.md: acting for someone else needs `feeds:admin`; reading user feeds and lists is open
     /// to any authenticated principal; the flat and aggregated feeds are the principal's own.
     fn expected(self, who: Who) -> StatusCode {
         match (self, who) {

@@ -296,8 +296,7 @@ impl Backends {
 
 /// The HTTP application over the given backends.
 pub fn app(settings: &Settings, backends: &Backends) -> Result<App, SettingsError> {
-    let verifier = Verifier::new(&settings.auth)
-        .map_err(|e| SettingsError::new("FEEDS_JWT_*", e.to_string()))?;
+    let verifier = Verifier::new(&settings.auth)?;
     let secret = settings.cursor_secret.clone().unwrap_or_else(|| {
         tracing::warn!("FEEDS_CURSOR_SECRET is not set: using the development cursor secret");
         DEV_CURSOR_SECRET.to_owned()

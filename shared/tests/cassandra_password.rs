@@ -135,8 +135,7 @@ async fn a_wrong_password_is_refused_with_an_error_that_says_so() {
     let _ = superuser().await;
     let err = cassandra::connect(&config(Some("cassandra"), Some("not-the-password")))
         .await
-        .err()
-        .expect("a wrong password is refused");
+        .expect_err("a wrong password is refused");
     let text = err.to_string().to_lowercase();
     assert!(
         text.contains("127.0.0.2:9042") || text.contains("connect to"),
@@ -153,8 +152,7 @@ async fn no_credentials_is_refused_with_an_error_that_says_so() {
     let _ = superuser().await;
     let err = cassandra::connect(&config(None, None))
         .await
-        .err()
-        .expect("a node with PasswordAuthenticator refuses an anonymous client");
+        .expect_err("a node with PasswordAuthenticator refuses an anonymous client");
     let text = err.to_string().to_lowercase();
     assert!(
         text.contains("authenticat"),
