@@ -1,6 +1,6 @@
 //! The fan-out queue: Amazon SQS in production, a durable table in the embedded SQLite file for the
 //! standalone server. Both carry the same JSON [`FanoutJob`] messages, and both are consumed through
-//! the same [`Consumer`] interface by the one worker loop of [`crate::fanout`].
+//! the same [`Consumer`] interface by the fan-out's one worker loop.
 
 use async_trait::async_trait;
 
