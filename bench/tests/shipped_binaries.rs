@@ -1,12 +1,13 @@
-//! The shipped binaries: each function's x86_64 release build, started as Lambda starts it (a
+//! The function binaries: each function's x86_64 build, started as Lambda starts it (a
 //! process with `AWS_LAMBDA_RUNTIME_API` pointing at `feeds_testkit::runtime_api`), answers its
 //! sample event from `events/` correctly, on the embedded store and on Cassandra + SQS. Prints each
 //! function's initialisation time (process start → its first `next` request), first-event latency,
 //! peak RSS and binary size.
 //!
 //! The binaries come from `cargo build --release -p follow -p post-activity -p get-feed -p fanout`
-//! (in `target/release`, or `FEEDS_FUNCTIONS_DIR`); `scripts/test.sh` builds them and runs these
-//! tests with `--ignored --nocapture`.
+//! (in `target/release`, or `FEEDS_FUNCTIONS_DIR`); `scripts/test.sh` builds them in the dev profile
+//! and runs these tests with `FEEDS_FUNCTIONS_DIR=target/debug --ignored --nocapture` (the figures
+//! printed then are a debug build's).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
