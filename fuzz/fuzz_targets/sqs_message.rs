@@ -38,6 +38,7 @@ fn world() -> &'static World {
             let settings = FanoutSettings {
                 chunk_size: 2,
                 backfill_limit: 3,
+                ..Default::default()
             };
             let fanout = Fanout::new(store.clone(), Arc::new(queue), settings);
             let users = ["a", "b", "c", "d"];

@@ -68,7 +68,7 @@ impl World {
         let queue = TestQueue::create("delivery_thrice", 1, 100).await;
         let settings = FanoutSettings {
             chunk_size: 10,
-            backfill_limit: 100,
+            ..Default::default()
         };
         let fanout = Fanout::new(store.clone(), Arc::new(queue.queue.clone()), settings);
         let actor = unique("actor");

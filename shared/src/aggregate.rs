@@ -1,18 +1,33 @@
-//! Aggregated feeds, computed from the timeline at read time. Groups are per UTC day, so every group
-//! of a day is built from one contiguous slice of the timeline and a page never splits a group.
+//! Aggregated feeds, kept on write. Groups are per UTC day, so every group of a day is built from
+//! one contiguous slice of the timeline. Each group has a row in the store holding the group as the
+//! API answers it; writers of the timeline never read or rewrite a group, they only mark it
+//! (`Store::mark_groups`, after their timeline write). A read serves the stored groups, and first
+//! recomputes a day whose groups are marked, from one scan of that day, storing the result as of
+//! the scan's start: a mark made after that start keeps the group stale for the next read, and a
+//! summary from an earlier scan never replaces a later one. So no update is lost to concurrent
+//! writers, redeliveries, deletes, purges or trims, and a page of unchanged groups is one slice.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::model::{day_of, serialize_time, start_of_day, Activity, ActivityId};
-use crate::store::{IdRange, Store, StoreError};
+use crate::store::{
+    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, Store, StoreError, StoredGroup,
+};
 
 /// Activities listed in a group.
 pub const GROUP_ACTIVITIES: usize = 15;
 /// Rows read per query while scanning one day of a timeline.
 const SCAN_PAGE: usize = 1000;
+/// Group rows read per query.
+const GROUP_ROWS: usize = 100;
+/// How far the clocks of two machines writing the same feed may disagree. A recomputed group is
+/// stored as of its scan's start minus this, so that a mark from a machine whose clock is behind
+/// still counts as later than the scan.
+pub const CLOCK_SKEW_US: i64 = 1_000_000;
 
 /// How activities of one day are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +60,53 @@ impl Grouping {
             Grouping::VerbActorDay => format!("{}:{}:{day}", a.verb, a.actor),
         }
     }
+
+    /// The feed's name in the store: each grouping keeps its own groups.
+    pub fn feed(self) -> &'static str {
+        match self {
+            Grouping::VerbDay => "verb_day",
+            Grouping::VerbActorDay => "verb_actor_day",
+        }
+    }
+
+    /// The group `activity` belongs to in `owner`'s aggregated feed.
+    pub fn group_of(self, owner: &str, activity: &Activity) -> GroupRef {
+        GroupRef {
+            owner: owner.to_owned(),
+            feed: self.feed().to_owned(),
+            day: epoch_day(day_of(activity.time)),
+            key: self.key(activity),
+        }
+    }
+
+    /// The groups these timeline rows (`(owner, activity)`) belong to, each once.
+    pub fn groups_of<'a>(
+        self,
+        rows: impl IntoIterator<Item = (&'a str, &'a Activity)>,
+    ) -> Vec<GroupRef> {
+        let mut groups: Vec<GroupRef> = rows
+            .into_iter()
+            .map(|(owner, a)| self.group_of(owner, a))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+}
+
+/// Days since 1970-01-01.
+pub fn epoch_day(day: NaiveDate) -> i32 {
+    (day - NaiveDate::default()).num_days() as i32
+}
+
+fn from_epoch_day(day: i32) -> NaiveDate {
+    NaiveDate::default() + chrono::Duration::days(i64::from(day))
+}
+
+/// The day an activity id's time falls on.
+pub fn day_of_id(id: &str) -> Option<i32> {
+    let us = i64::from_str_radix(id.get(..16)?, 16).ok()?;
+    Some(epoch_day(day_of(crate::model::from_micros(us))))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,46 +122,74 @@ pub struct AggregatedGroup {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "serialize_time")]
     pub updated_at: DateTime<Utc>,
-    /// The newest activity's id: orders groups whose `updated_at` ties.
+    /// The newest activity's id: orders groups (its first digits are `updated_at`).
     #[serde(skip)]
     newest_id: String,
 }
 
-/// Where a page of groups starts: a day, and how many of its groups earlier pages took.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the next page of groups starts: after the group whose newest activity is `newest_id`.
+/// Groups are ordered by their newest activity's id, which sorts as `updated_at` does, so a
+/// position is a value, not an offset that new groups could shift.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupPosition {
-    pub day: NaiveDate,
-    pub skip: usize,
+    pub newest_id: String,
 }
 
 impl GroupPosition {
     pub fn encode(&self) -> String {
-        format!("{}|{}", self.day.format("%Y-%m-%d"), self.skip)
+        self.newest_id.clone()
     }
 
     pub fn decode(text: &str) -> Option<Self> {
-        let (day, skip) = text.split_once('|')?;
-        Some(GroupPosition {
-            day: NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()?,
-            skip: skip.parse().ok()?,
+        ActivityId::is_valid(text).then(|| GroupPosition {
+            newest_id: text.to_owned(),
         })
     }
 }
 
-/// The groups of one day of `owner`'s timeline, newest `updated_at` first.
-async fn groups_of_day(
-    store: &dyn Store,
-    owner: &str,
-    day: NaiveDate,
-    grouping: Grouping,
-) -> Result<Vec<AggregatedGroup>, StoreError> {
-    let not_before = ActivityId::floor(start_of_day(day));
-    let end = day
+/// The groups of one day's activities (given newest first).
+fn build_groups(activities: Vec<Activity>, grouping: Grouping) -> Vec<AggregatedGroup> {
+    let mut groups: HashMap<String, AggregatedGroup> = HashMap::new();
+    let mut actors_seen: HashMap<String, HashSet<String>> = HashMap::new();
+    // Newest first: the first activity a group sees is its newest.
+    for a in activities {
+        let key = grouping.key(&a);
+        let group = groups
+            .entry(key.clone())
+            .or_insert_with(|| AggregatedGroup {
+                id: key.clone(),
+                group: key.clone(),
+                verb: a.verb.clone(),
+                activity_count: 0,
+                actor_count: 0,
+                actors: Vec::new(),
+                activities: Vec::new(),
+                created_at: a.time,
+                updated_at: a.time,
+                newest_id: a.id.clone(),
+            });
+        group.activity_count += 1;
+        group.created_at = a.time;
+        if actors_seen.entry(key).or_default().insert(a.actor.clone()) {
+            group.actors.push(a.actor.clone());
+            group.actor_count += 1;
+        }
+        if group.activities.len() < GROUP_ACTIVITIES {
+            group.activities.push(a);
+        }
+    }
+    groups.into_values().collect()
+}
+
+/// Every activity of `day` in `owner`'s timeline, newest first.
+async fn scan_day(store: &dyn Store, owner: &str, day: i32) -> Result<Vec<Activity>, StoreError> {
+    let date = from_epoch_day(day);
+    let not_before = ActivityId::floor(start_of_day(date));
+    let end = date
         .checked_add_days(Days::new(1))
         .map(|d| ActivityId::floor(start_of_day(d)));
     let mut before = end;
-    let mut groups: HashMap<String, AggregatedGroup> = HashMap::new();
-    let mut actors_seen: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut out = Vec::new();
     loop {
         let range = IdRange {
             before: before.as_deref(),
@@ -108,102 +198,148 @@ async fn groups_of_day(
         let page = store.timeline(owner, range, SCAN_PAGE).await?;
         let full = page.len() == SCAN_PAGE;
         before = page.last().map(|a| a.id.clone());
-        // Newest first: the first activity a group sees is its newest.
-        for a in page {
-            let key = grouping.key(&a);
-            let group = groups
-                .entry(key.clone())
-                .or_insert_with(|| AggregatedGroup {
-                    id: key.clone(),
-                    group: key.clone(),
-                    verb: a.verb.clone(),
-                    activity_count: 0,
-                    actor_count: 0,
-                    actors: Vec::new(),
-                    activities: Vec::new(),
-                    created_at: a.time,
-                    updated_at: a.time,
-                    newest_id: a.id.clone(),
-                });
-            group.activity_count += 1;
-            group.created_at = a.time;
-            if actors_seen.entry(key).or_default().insert(a.actor.clone()) {
-                group.actors.push(a.actor.clone());
-                group.actor_count += 1;
-            }
-            if group.activities.len() < GROUP_ACTIVITIES {
-                group.activities.push(a);
-            }
-        }
+        out.extend(page);
         if !full {
-            break;
+            return Ok(out);
         }
     }
-    let mut groups: Vec<AggregatedGroup> = groups.into_values().collect();
-    groups.sort_by(|a, b| {
-        b.updated_at
-            .cmp(&a.updated_at)
-            .then_with(|| b.newest_id.cmp(&a.newest_id))
-    });
-    Ok(groups)
 }
 
-/// One page of `owner`'s aggregated feed and the position of the next page (`None` at the end).
+/// A group ready to answer: its newest activity id and its JSON.
+type Served = (String, Box<RawValue>);
+
+fn served(summary: GroupSummary) -> Result<Served, StoreError> {
+    let json = RawValue::from_string(summary.json)
+        .map_err(|e| StoreError::Internal(format!("a stored group is not JSON: {e}")))?;
+    Ok((summary.newest_id, json))
+}
+
+/// The groups of one day, newest first: the stored ones, or, when any is stale, all of the day's
+/// recomputed from one scan and stored.
+async fn day_groups(
+    store: &dyn Store,
+    owner: &str,
+    grouping: Grouping,
+    day: i32,
+    rows: Vec<StoredGroup>,
+    scan_time: impl Fn() -> i64,
+) -> Result<Vec<Served>, StoreError> {
+    let mut groups: Vec<GroupSummary> = if rows.iter().any(StoredGroup::is_stale) {
+        // Taken before the scan: whatever the scan misses was marked after this.
+        let as_of = scan_time();
+        let built = build_groups(scan_day(store, owner, day).await?, grouping);
+        let mut writes: Vec<GroupWrite> = Vec::with_capacity(rows.len().max(built.len()));
+        let mut summaries = Vec::with_capacity(built.len());
+        for g in &built {
+            let json = serde_json::to_string(g)
+                .map_err(|e| StoreError::Internal(format!("cannot serialise a group: {e}")))?;
+            summaries.push(GroupSummary {
+                newest_id: g.newest_id.clone(),
+                json,
+            });
+        }
+        let found: HashSet<&str> = built.iter().map(|g| g.group.as_str()).collect();
+        for row in rows.iter().filter(|r| !found.contains(r.key.as_str())) {
+            writes.push(GroupWrite {
+                key: row.key.clone(),
+                summary: None,
+            });
+        }
+        for (g, summary) in built.iter().zip(&summaries) {
+            writes.push(GroupWrite {
+                key: g.group.clone(),
+                summary: Some(summary.clone()),
+            });
+        }
+        store
+            .put_groups(owner, grouping.feed(), day, &writes, as_of)
+            .await?;
+        summaries
+    } else {
+        rows.into_iter().filter_map(|r| r.summary).collect()
+    };
+    groups.sort_by(|a, b| b.newest_id.cmp(&a.newest_id));
+    groups.into_iter().map(served).collect()
+}
+
+/// One page of `owner`'s aggregated feed, each group as its JSON, and the position of the next
+/// page (`None` at the end). `scan_time` answers the time a timeline scan starting now is stored
+/// as of: [`scan_time`] in production.
 pub async fn page(
     store: &dyn Store,
     owner: &str,
-    from: Option<GroupPosition>,
-    limit: usize,
     grouping: Grouping,
-) -> Result<(Vec<AggregatedGroup>, Option<GroupPosition>), StoreError> {
-    let mut position = match from {
-        Some(p) => p,
-        None => match store.timeline(owner, IdRange::default(), 1).await?.first() {
-            Some(newest) => GroupPosition {
-                day: day_of(newest.time),
-                skip: 0,
-            },
-            None => return Ok((Vec::new(), None)),
-        },
+    from: Option<&GroupPosition>,
+    limit: usize,
+    scan_time: impl Fn() -> i64 + Copy,
+) -> Result<(Vec<Box<RawValue>>, Option<GroupPosition>), StoreError> {
+    let feed = grouping.feed();
+    let mut max_day = match from {
+        Some(p) => Some(day_of_id(&p.newest_id).ok_or_else(|| {
+            StoreError::Internal("a group position is not an activity id".into())
+        })?),
+        None => None,
     };
     let mut out = Vec::with_capacity(limit);
+    let mut last: Option<String> = None;
     loop {
-        let groups = groups_of_day(store, owner, position.day, grouping).await?;
-        let remaining: Vec<AggregatedGroup> = groups.into_iter().skip(position.skip).collect();
-        let wanted = limit - out.len();
-        if remaining.len() > wanted {
-            out.extend(remaining.into_iter().take(wanted));
-            return Ok((
-                out,
-                Some(GroupPosition {
-                    day: position.day,
-                    skip: position.skip + wanted,
-                }),
-            ));
-        }
-        out.extend(remaining);
-        let day_start = ActivityId::floor(start_of_day(position.day));
-        let older = store
-            .timeline(
-                owner,
-                IdRange {
-                    before: Some(&day_start),
-                    not_before: None,
-                },
-                1,
-            )
-            .await?;
-        let Some(older) = older.first() else {
+        let days = DayRange {
+            max: max_day,
+            min: None,
+        };
+        let rows = store.groups(owner, feed, days, GROUP_ROWS).await?;
+        let Some(newest_day) = rows.first().map(|r| r.day) else {
             return Ok((out, None));
         };
-        position = GroupPosition {
-            day: day_of(older.time),
-            skip: 0,
-        };
-        if out.len() == limit {
-            return Ok((out, Some(position)));
+        let full = rows.len() == GROUP_ROWS;
+        let mut by_day: Vec<(i32, Vec<StoredGroup>)> = Vec::new();
+        for row in rows {
+            match by_day.last_mut() {
+                Some((day, list)) if *day == row.day => list.push(row),
+                _ => by_day.push((row.day, vec![row])),
+            }
+        }
+        if full {
+            // The last day may go on past this read: take it whole, now or on the next round.
+            let (last_day, _) = by_day.pop().expect("a full read has a day");
+            if by_day.is_empty() {
+                let whole = DayRange {
+                    max: Some(last_day),
+                    min: Some(last_day),
+                };
+                by_day.push((
+                    last_day,
+                    store.groups(owner, feed, whole, usize::MAX).await?,
+                ));
+            }
+        }
+        debug_assert_eq!(by_day.first().map(|d| d.0), Some(newest_day));
+        for (day, rows) in by_day {
+            for (newest_id, json) in
+                day_groups(store, owner, grouping, day, rows, scan_time).await?
+            {
+                if from.is_some_and(|p| newest_id >= p.newest_id) {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok((out, last.map(|newest_id| GroupPosition { newest_id })));
+                }
+                out.push(json);
+                last = Some(newest_id);
+            }
+            max_day = Some(day - 1);
         }
     }
+}
+
+/// Microseconds since the epoch, by this machine's clock.
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// The time a timeline scan starting now is stored as of: now, less the clock skew allowed.
+pub fn scan_time() -> i64 {
+    now_us() - CLOCK_SKEW_US
 }
 
 #[cfg(test)]
@@ -212,6 +348,7 @@ mod tests {
     use crate::model::parse_time;
     use crate::store::sqlite::{SqliteDb, SqliteStore};
     use crate::store::TimelineEntry;
+    use serde_json::Value;
 
     fn act(actor: &str, verb: &str, time: &str) -> Activity {
         let time = parse_time(time).unwrap();
@@ -224,6 +361,47 @@ mod tests {
             time,
             foreign_id: None,
             extra: None,
+        }
+    }
+
+    /// What the fan-out does: the rows, then their groups' marks.
+    async fn deliver(store: &SqliteStore, owner: &str, acts: &[Activity]) {
+        let entries: Vec<TimelineEntry> = acts
+            .iter()
+            .map(|a| TimelineEntry {
+                owner: owner.into(),
+                activity: a.clone(),
+            })
+            .collect();
+        store.insert_timeline(&entries).await.unwrap();
+        let groups = Grouping::VerbDay.groups_of(acts.iter().map(|a| (owner, a)));
+        store.mark_groups(&groups, now_us()).await.unwrap();
+    }
+
+    async fn walk(store: &SqliteStore, owner: &str, limit: usize) -> Vec<Value> {
+        let mut seen = Vec::new();
+        let mut from = None;
+        loop {
+            let (groups, next) = page(
+                store,
+                owner,
+                Grouping::VerbDay,
+                from.as_ref(),
+                limit,
+                now_us,
+            )
+            .await
+            .unwrap();
+            assert!(groups.len() <= limit);
+            seen.extend(
+                groups
+                    .iter()
+                    .map(|g| serde_json::from_str::<Value>(g.get()).unwrap()),
+            );
+            match next {
+                Some(p) => from = Some(p),
+                None => return seen,
+            }
         }
     }
 
@@ -242,55 +420,43 @@ mod tests {
                 }
             }
         }
-        let entries: Vec<TimelineEntry> = acts
-            .iter()
-            .map(|a| TimelineEntry {
-                owner: "r".into(),
-                activity: a.clone(),
-            })
-            .collect();
-        store.insert_timeline(&entries).await.unwrap();
+        deliver(&store, "r", &acts).await;
 
-        let mut seen = Vec::new();
-        let mut from = None;
-        loop {
-            let (groups, next) = page(&store, "r", from, 5, Grouping::VerbDay).await.unwrap();
-            seen.extend(groups);
-            match next {
-                Some(p) => from = Some(p),
-                None => break,
-            }
+        for limit in [1, 2, 5, 12, 100] {
+            let seen = walk(&store, "r", limit).await;
+            assert_eq!(seen.len(), 12, "4 days × 3 verbs, each exactly once");
+            let names: Vec<&str> = seen.iter().map(|g| g["group"].as_str().unwrap()).collect();
+            assert_eq!(
+                &names[..3],
+                ["share:2026-11-04", "like:2026-11-04", "post:2026-11-04"]
+            );
+            let updated: Vec<&str> = seen
+                .iter()
+                .map(|g| g["updated_at"].as_str().unwrap())
+                .collect();
+            assert!(
+                updated.windows(2).all(|w| w[0] >= w[1]),
+                "newest updated_at first"
+            );
+            let share = &seen[0];
+            assert_eq!(share["activity_count"], 21);
+            assert_eq!(
+                share["activities"].as_array().unwrap().len(),
+                GROUP_ACTIVITIES
+            );
+            assert_eq!(share["actor_count"], 3);
+            assert_eq!(
+                share["actors"],
+                serde_json::json!(["usr_2", "usr_1", "usr_0"])
+            );
+            assert_eq!(share["created_at"], "2026-11-04T11:00:00Z");
+            assert_eq!(share["updated_at"], "2026-11-04T11:20:00Z");
+            let total: u64 = seen
+                .iter()
+                .map(|g| g["activity_count"].as_u64().unwrap())
+                .sum();
+            assert_eq!(total as usize, acts.len(), "no activity in two groups");
         }
-        assert_eq!(seen.len(), 12, "4 days × 3 verbs, each exactly once");
-        let names: Vec<&str> = seen.iter().map(|g| g.group.as_str()).collect();
-        assert_eq!(
-            &names[..3],
-            ["share:2026-11-04", "like:2026-11-04", "post:2026-11-04"]
-        );
-        assert!(
-            seen.windows(2).all(|w| w[0].updated_at >= w[1].updated_at),
-            "newest updated_at first"
-        );
-        let share = &seen[0];
-        assert_eq!(share.activity_count, 21);
-        assert_eq!(share.activities.len(), GROUP_ACTIVITIES);
-        assert_eq!(share.actor_count, 3);
-        assert_eq!(
-            share.actors,
-            ["usr_2", "usr_1", "usr_0"],
-            "most recent actor first"
-        );
-        assert_eq!(
-            share.created_at,
-            parse_time("2026-11-04T11:00:00Z").unwrap()
-        );
-        assert_eq!(
-            share.updated_at,
-            parse_time("2026-11-04T11:20:00Z").unwrap()
-        );
-        assert!(share.activities.windows(2).all(|w| w[0].id > w[1].id));
-        let total: usize = seen.iter().map(|g| g.activity_count).sum();
-        assert_eq!(total, acts.len(), "no activity in two groups");
     }
 
     #[tokio::test]
@@ -298,21 +464,55 @@ mod tests {
         let store = SqliteStore::new(SqliteDb::open(":memory:").unwrap());
         let a = act("u", "post", "2026-11-01T10:00:00Z");
         let b = act("u", "like", "2026-11-01T11:00:00Z");
-        let entries = [a, b].map(|a| TimelineEntry {
-            owner: "r".into(),
-            activity: a,
-        });
-        store.insert_timeline(&entries).await.unwrap();
-        let (groups, next) = page(&store, "r", None, 2, Grouping::VerbDay).await.unwrap();
+        deliver(&store, "r", &[a, b]).await;
+        let (groups, next) = page(&store, "r", Grouping::VerbDay, None, 2, scan_time)
+            .await
+            .unwrap();
         assert_eq!(groups.len(), 2);
         assert_eq!(next, None);
-        assert_eq!(
-            page(&store, "nobody", None, 2, Grouping::VerbDay)
-                .await
-                .unwrap()
-                .0
-                .len(),
-            0
-        );
+        let (groups, _) = page(&store, "nobody", Grouping::VerbDay, None, 2, scan_time)
+            .await
+            .unwrap();
+        assert!(groups.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_feed_is_served_from_the_stored_groups() {
+        let store = SqliteStore::new(SqliteDb::open(":memory:").unwrap());
+        let a = act("u", "post", "2026-11-01T10:00:00Z");
+        deliver(&store, "r", std::slice::from_ref(&a)).await;
+        let first = walk(&store, "r", 10).await;
+        // Rows changed behind the groups' back, without a mark, are not seen: the read did not
+        // scan the timeline again.
+        let b = act("v", "post", "2026-11-01T11:00:00Z");
+        let entry = TimelineEntry {
+            owner: "r".into(),
+            activity: b.clone(),
+        };
+        store.insert_timeline(&[entry]).await.unwrap();
+        assert_eq!(walk(&store, "r", 10).await, first);
+        // Once marked, the day is scanned again.
+        deliver(&store, "r", &[b]).await;
+        let after = walk(&store, "r", 10).await;
+        assert_eq!(after[0]["activity_count"], 2);
+        assert_eq!(after[0]["actors"], serde_json::json!(["v", "u"]));
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_activities_all_left_is_gone() {
+        let store = SqliteStore::new(SqliteDb::open(":memory:").unwrap());
+        let a = act("u", "post", "2026-11-01T10:00:00Z");
+        let b = act("u", "like", "2026-11-01T11:00:00Z");
+        deliver(&store, "r", &[a.clone(), b]).await;
+        assert_eq!(walk(&store, "r", 10).await.len(), 2);
+        store
+            .delete_timeline(&[("r".into(), a.id.clone())])
+            .await
+            .unwrap();
+        let groups = Grouping::VerbDay.groups_of([("r", &a)]);
+        store.mark_groups(&groups, now_us()).await.unwrap();
+        let left = walk(&store, "r", 10).await;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0]["group"], "like:2026-11-01");
     }
 }

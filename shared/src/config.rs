@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aggregate::Grouping;
 use crate::auth::{AuthConfig, Verifier};
 use crate::cursor::CursorCodec;
 use crate::fanout::{Fanout, FanoutSettings};
@@ -34,8 +33,6 @@ pub struct Settings {
     pub auth: AuthConfig,
     /// `FEEDS_CURSOR_SECRET`; `None`: the development secret, with a warning.
     pub cursor_secret: Option<String>,
-    /// `FEEDS_AGGREGATE_BY`: `verb_day` (default) or `verb_actor_day`.
-    pub grouping: Grouping,
     /// `FEEDS_BIND` (default `127.0.0.1:3000`): where the standalone server listens.
     pub bind: String,
     /// `FEEDS_EXIT_ON_STDIN_EOF`: the standalone server stops when its standard input closes.
@@ -200,6 +197,24 @@ impl Settings {
                 "a whole number",
                 fanout_defaults.backfill_limit,
             )?,
+            grouping: env.parse_or(
+                "FEEDS_AGGREGATE_BY",
+                "verb_day or verb_actor_day",
+                fanout_defaults.grouping,
+            )?,
+            max_length: match env.parse_or(
+                "FEEDS_FEED_MAX_LENGTH",
+                "a whole number",
+                fanout_defaults.max_length,
+            )? {
+                0 => {
+                    return Err(SettingsError::new(
+                        "FEEDS_FEED_MAX_LENGTH",
+                        "must be at least 1",
+                    ))
+                }
+                n => n,
+            },
         };
         Ok(Settings {
             store,
@@ -208,11 +223,6 @@ impl Settings {
             fanout,
             auth: AuthConfig::read(env)?,
             cursor_secret: env.secret("FEEDS_CURSOR_SECRET")?,
-            grouping: env.parse_or(
-                "FEEDS_AGGREGATE_BY",
-                "verb_day or verb_actor_day",
-                Grouping::VerbDay,
-            )?,
             bind: env.string_or("FEEDS_BIND", "127.0.0.1:3000")?,
             exit_on_stdin_eof: env.flag("FEEDS_EXIT_ON_STDIN_EOF")?.unwrap_or(false),
             log: LogSettings::read(env)?,
@@ -305,7 +315,7 @@ pub fn app(settings: &Settings, backends: &Backends) -> Result<App, SettingsErro
         feeds: Feeds::new(
             backends.store.clone(),
             backends.queue.clone(),
-            settings.grouping,
+            settings.fanout.grouping,
         ),
         verifier: Arc::new(verifier),
         cursors: CursorCodec::new(secret.as_bytes()),

@@ -9,8 +9,9 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
+use crate::aggregate::{self, Grouping};
 use crate::queue::{Consumer, FanoutJob, Queue, QueueError, QueueMessage};
-use crate::store::{IdRange, Store, StoreError, TimelineEntry};
+use crate::store::{DayRange, IdRange, Store, StoreError, TimelineEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
@@ -28,6 +29,10 @@ pub struct FanoutSettings {
     pub chunk_size: usize,
     /// Activities copied into a new follower's timeline.
     pub backfill_limit: usize,
+    /// How aggregated feeds group activities (their groups are marked as timelines change).
+    pub grouping: Grouping,
+    /// Activities a flat or aggregated feed keeps; older ones are trimmed away.
+    pub max_length: usize,
 }
 
 impl Default for FanoutSettings {
@@ -35,7 +40,18 @@ impl Default for FanoutSettings {
         FanoutSettings {
             chunk_size: 500,
             backfill_limit: 100,
+            grouping: Grouping::default(),
+            max_length: 1000,
         }
+    }
+}
+
+impl FanoutSettings {
+    /// One delivery in this many trims its feed: reading a feed's length costs about as many rows
+    /// as it holds, so a long feed is trimmed now and then and may run over by a few dozen rows
+    /// in between; a short one is trimmed at each delivery.
+    fn trim_every(&self) -> usize {
+        (self.max_length / 64).clamp(1, 16)
     }
 }
 
@@ -107,7 +123,7 @@ impl Fanout {
                                 activity: activity.clone(),
                             })
                             .collect();
-                        self.store.insert_timeline(&entries).await?;
+                        self.add(&entries).await?;
                         self.purge_unfollowed(actor, after.as_deref(), owners)
                             .await?;
                     }
@@ -116,7 +132,8 @@ impl Fanout {
                             .into_iter()
                             .map(|r| (r.user, activity_id.clone()))
                             .collect();
-                        self.store.delete_timeline(&rows).await?;
+                        let present = self.store.timeline_entries(&rows).await?;
+                        self.remove(&present).await?;
                     }
                 }
             }
@@ -136,7 +153,7 @@ impl Fanout {
                         activity: a,
                     })
                     .collect();
-                self.store.insert_timeline(&entries).await?;
+                self.add(&entries).await?;
                 // An unfollow whose purge ran between the check above and this write left rows
                 // that no purge will see: purge again.
                 if !entries.is_empty() && !self.store.is_following(follower, followee).await? {
@@ -175,12 +192,15 @@ impl Fanout {
                         }])
                         .await?;
                 }
-                let rows: Vec<(String, String)> = page
+                let rows: Vec<TimelineEntry> = page
                     .into_iter()
                     .filter(|a| &a.actor == followee)
-                    .map(|a| (follower.clone(), a.id))
+                    .map(|activity| TimelineEntry {
+                        owner: follower.clone(),
+                        activity,
+                    })
                     .collect();
-                self.store.delete_timeline(&rows).await?;
+                self.remove(&rows).await?;
                 // A follow again whose backfill ran between the check above and this delete lost
                 // its rows: backfill again.
                 if !rows.is_empty() && self.store.is_following(follower, followee).await? {
@@ -194,6 +214,87 @@ impl Fanout {
             }
         }
         Ok(())
+    }
+
+    /// Writes timeline rows, then marks their groups (after the rows: a read that recomputes a
+    /// group before the mark either saw the rows or is older than the mark), then trims.
+    async fn add(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.store.insert_timeline(entries).await?;
+        self.mark(entries).await?;
+        let mut owners: Vec<&str> = entries.iter().map(|e| e.owner.as_str()).collect();
+        owners.sort_unstable();
+        let every = self.settings.trim_every();
+        let mut i = 0;
+        while i < owners.len() {
+            let owner = owners[i];
+            let rows = owners[i..].iter().take_while(|o| **o == owner).count();
+            i += rows;
+            // A backfill (many rows at once) always trims; single deliveries now and then.
+            if rows > 1 || every == 1 || rand::random_range(0..every) == 0 {
+                self.trim(owner).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes timeline rows, then marks their groups.
+    async fn remove(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, String)> = entries
+            .iter()
+            .map(|e| (e.owner.clone(), e.activity.id.clone()))
+            .collect();
+        self.store.delete_timeline(&rows).await?;
+        self.mark(entries).await
+    }
+
+    async fn mark(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        let rows = entries.iter().map(|e| (e.owner.as_str(), &e.activity));
+        let groups = self.settings.grouping.groups_of(rows);
+        self.store.mark_groups(&groups, aggregate::now_us()).await
+    }
+
+    /// Cuts `owner`'s timeline to its newest `max_length` rows with one range delete, drops the
+    /// groups of the days wholly below the cut and marks those of the cut's day. Rows below the
+    /// cut that a concurrent writer added are gone with the rest, and their groups are dropped or
+    /// marked after the cut too.
+    async fn trim(&self, owner: &str) -> Result<(), StoreError> {
+        let Some(through) = self
+            .store
+            .timeline_id_at(owner, self.settings.max_length)
+            .await?
+        else {
+            return Ok(());
+        };
+        self.store.trim_timeline(owner, &through).await?;
+        let Some(day) = aggregate::day_of_id(&through) else {
+            return Ok(());
+        };
+        let feed = self.settings.grouping.feed();
+        let now = aggregate::now_us();
+        self.store.drop_groups(owner, feed, day, now).await?;
+        let days = DayRange {
+            max: Some(day),
+            min: Some(day),
+        };
+        let groups: Vec<_> = self
+            .store
+            .groups(owner, feed, days, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|g| crate::store::GroupRef {
+                owner: owner.to_owned(),
+                feed: feed.to_owned(),
+                day: g.day,
+                key: g.key,
+            })
+            .collect();
+        self.store.mark_groups(&groups, now).await
     }
 
     /// After a delivery wrote to `owners`, the followers of `followee` it read after `after`:
@@ -331,7 +432,7 @@ mod tests {
             .unwrap();
         let settings = FanoutSettings {
             chunk_size: 2,
-            backfill_limit: 100,
+            ..Default::default()
         };
         let fanout = Fanout::new(store.clone(), Arc::new(queue.clone()), settings);
         for star in ["star", "other"] {

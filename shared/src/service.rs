@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use crate::aggregate::{self, AggregatedGroup, GroupPosition, Grouping};
+use serde_json::value::RawValue;
+
+use crate::aggregate::{self, GroupPosition, Grouping};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::model::{
@@ -185,8 +187,10 @@ impl Feeds {
         owner: &str,
         from: Option<GroupPosition>,
         limit: usize,
-    ) -> Result<(Vec<AggregatedGroup>, Option<GroupPosition>)> {
-        Ok(aggregate::page(self.store.as_ref(), owner, from, limit, self.grouping).await?)
+    ) -> Result<(Vec<Box<RawValue>>, Option<GroupPosition>)> {
+        let store = self.store.as_ref();
+        let time = aggregate::scan_time;
+        Ok(aggregate::page(store, owner, self.grouping, from.as_ref(), limit, time).await?)
     }
 
     /// `user`'s followers, or the users `user` follows, ordered by id, after `after`.

@@ -6,13 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use feeds::aggregate::{self, Grouping};
 use feeds::fanout::{Fanout, FanoutSettings};
 use feeds::model::{parse_time, Activity, ActivityId, FollowEdge, Relation};
 use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
-use feeds::store::{IdRange, Store, StoreError, TimelineEntry};
+use feeds::store::{
+    DayRange, GroupRef, GroupWrite, IdRange, Store, StoreError, StoredGroup, TimelineEntry,
+};
 use feeds_testkit::wait::drain_embedded;
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 /// Holds the next call of one write until released.
@@ -109,7 +113,10 @@ impl Store for GatedStore {
         range: IdRange<'_>,
         limit: usize,
     ) -> Result<Vec<Activity>, StoreError> {
-        self.inner.timeline(owner, range, limit).await
+        let rows = self.inner.timeline(owner, range, limit).await;
+        // After the read: a paused reader has seen the rows.
+        self.pass("timeline").await;
+        rows
     }
     async fn insert_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
         self.pass("insert_timeline").await;
@@ -118,6 +125,58 @@ impl Store for GatedStore {
     async fn delete_timeline(&self, rows: &[(String, String)]) -> Result<(), StoreError> {
         self.pass("delete_timeline").await;
         self.inner.delete_timeline(rows).await
+    }
+    async fn timeline_entries(
+        &self,
+        rows: &[(String, String)],
+    ) -> Result<Vec<TimelineEntry>, StoreError> {
+        self.inner.timeline_entries(rows).await
+    }
+    async fn timeline_id_at(
+        &self,
+        owner: &str,
+        position: usize,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.timeline_id_at(owner, position).await
+    }
+    async fn trim_timeline(&self, owner: &str, through: &str) -> Result<(), StoreError> {
+        self.pass("trim_timeline").await;
+        self.inner.trim_timeline(owner, through).await
+    }
+    async fn mark_groups(&self, groups: &[GroupRef], at_us: i64) -> Result<(), StoreError> {
+        self.pass("mark_groups").await;
+        self.inner.mark_groups(groups, at_us).await
+    }
+    async fn groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        days: DayRange,
+        limit: usize,
+    ) -> Result<Vec<StoredGroup>, StoreError> {
+        self.inner.groups(owner, feed, days, limit).await
+    }
+    async fn drop_groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        day: i32,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.drop_groups(owner, feed, day, at_us).await
+    }
+    async fn put_groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        day: i32,
+        writes: &[GroupWrite],
+        as_of_us: i64,
+    ) -> Result<(), StoreError> {
+        self.pass("put_groups").await;
+        self.inner
+            .put_groups(owner, feed, day, writes, as_of_us)
+            .await
     }
 }
 
@@ -187,6 +246,46 @@ impl Setup {
         (task, release)
     }
 
+    /// Starts a read of `owner`'s aggregated feed, and answers once it waits at the armed gate.
+    async fn read_paused(
+        &self,
+        op: &'static str,
+        owner: &str,
+    ) -> (tokio::task::JoinHandle<Vec<Value>>, oneshot::Sender<()>) {
+        let (reached, release) = self.store.arm(op);
+        let (store, owner) = (self.store.clone(), owner.to_owned());
+        let task = tokio::spawn(async move { read(&store, &owner).await });
+        reached.await.expect("the read reaches the gate");
+        (task, release)
+    }
+
+    /// `owner`'s aggregated feed, all of it.
+    async fn aggregated(&self, owner: &str) -> Vec<Value> {
+        read(&self.store, owner).await
+    }
+
+    /// The aggregated feed agrees with the timeline: one group per verb and day, holding the
+    /// timeline's activities (tests here hold fewer than a group lists).
+    async fn assert_groups_agree(&self, owner: &str) {
+        let timeline = self.timeline(owner).await;
+        let groups = self.aggregated(owner).await;
+        let listed: Vec<String> = groups
+            .iter()
+            .flat_map(|g| g["activities"].as_array().unwrap().clone())
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        let counted: u64 = groups
+            .iter()
+            .map(|g| g["activity_count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(listed, timeline, "the groups list what the timeline holds");
+        assert_eq!(counted as usize, timeline.len(), "and count it");
+    }
+
+    async fn run(&self, job: FanoutJob) {
+        self.fanout.run(&job).await.unwrap();
+    }
+
     async fn timeline(&self, owner: &str) -> Vec<String> {
         self.store
             .timeline(owner, IdRange::default(), 100)
@@ -196,6 +295,168 @@ impl Setup {
             .map(|a| a.id)
             .collect()
     }
+}
+
+/// Reads with no clock-skew allowance (one clock here), so that a scan is stored as of exactly
+/// when it began: an ordering mistake then shows, instead of hiding inside the allowance.
+async fn read(store: &GatedStore, owner: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut from = None;
+    loop {
+        let (groups, next) = aggregate::page(
+            store,
+            owner,
+            Grouping::VerbDay,
+            from.as_ref(),
+            10,
+            aggregate::now_us,
+        )
+        .await
+        .unwrap();
+        out.extend(
+            groups
+                .iter()
+                .map(|g| serde_json::from_str::<Value>(g.get()).unwrap()),
+        );
+        match next {
+            Some(p) => from = Some(p),
+            None => return out,
+        }
+    }
+}
+
+fn deliver(a: &Activity) -> FanoutJob {
+    FanoutJob::Deliver {
+        activity_id: a.id.clone(),
+        actor: a.actor.clone(),
+        after: None,
+    }
+}
+
+fn count(groups: &[Value]) -> Vec<u64> {
+    groups
+        .iter()
+        .map(|g| g["activity_count"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_read_that_recomputed_while_a_delivery_ran_leaves_its_group_stale() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    let a1 = s.post("star", 1).await;
+    s.run(deliver(&a1)).await;
+    // The read has scanned the day (a1 only) and not yet stored the group.
+    let (task, release) = s.read_paused("timeline", "fan").await;
+    let a2 = s.post("star", 2).await;
+    s.run(deliver(&a2)).await;
+    release.send(()).unwrap();
+    assert_eq!(
+        count(&task.await.unwrap()),
+        [1],
+        "that read answers what it scanned"
+    );
+    assert_eq!(
+        count(&s.aggregated("fan").await),
+        [2],
+        "the next read lost a2"
+    );
+    s.assert_groups_agree("fan").await;
+}
+
+#[tokio::test]
+async fn a_read_that_recomputed_while_a_delete_ran_leaves_its_group_stale() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    let (a1, a2) = (s.post("star", 1).await, s.post("star", 2).await);
+    s.run(deliver(&a1)).await;
+    s.run(deliver(&a2)).await;
+    let (task, release) = s.read_paused("timeline", "fan").await;
+    s.store.delete_activity(&a2).await.unwrap();
+    s.run(FanoutJob::Retract {
+        activity_id: a2.id.clone(),
+        actor: "star".into(),
+        after: None,
+    })
+    .await;
+    release.send(()).unwrap();
+    assert_eq!(count(&task.await.unwrap()), [2]);
+    assert_eq!(
+        count(&s.aggregated("fan").await),
+        [1],
+        "the next read still lists a2"
+    );
+    s.assert_groups_agree("fan").await;
+}
+
+#[tokio::test]
+async fn a_read_that_recomputed_while_a_purge_ran_drops_the_group() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    let a1 = s.post("star", 1).await;
+    s.run(deliver(&a1)).await;
+    let (task, release) = s.read_paused("put_groups", "fan").await;
+    s.store.unfollow("fan", "star").await.unwrap();
+    s.run(FanoutJob::Purge {
+        follower: "fan".into(),
+        followee: "star".into(),
+        before: None,
+    })
+    .await;
+    release.send(()).unwrap();
+    assert_eq!(count(&task.await.unwrap()), [1]);
+    assert!(
+        s.aggregated("fan").await.is_empty(),
+        "the purged group came back"
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_read_between_its_rows_and_its_mark_shows_on_the_next_read() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    let (a1, a2) = (s.post("star", 1).await, s.post("star", 2).await);
+    s.run(deliver(&a1)).await;
+    assert_eq!(count(&s.aggregated("fan").await), [1]);
+    // Paused before its rows: had it marked the group first, the read below would recompute,
+    // miss the rows and store the group as current.
+    let (task, release) = s.start_paused("insert_timeline", deliver(&a2)).await;
+    assert_eq!(count(&s.aggregated("fan").await), [1]);
+    release.send(()).unwrap();
+    task.await.unwrap();
+    assert_eq!(count(&s.aggregated("fan").await), [2]);
+    // Paused between its rows and its mark: the read serves the stored group, the mark follows.
+    let a3 = s.post("star", 3).await;
+    let (task, release) = s.start_paused("mark_groups", deliver(&a3)).await;
+    assert_eq!(count(&s.aggregated("fan").await), [2]);
+    release.send(()).unwrap();
+    task.await.unwrap();
+    assert_eq!(count(&s.aggregated("fan").await), [3]);
+    s.assert_groups_agree("fan").await;
+}
+
+#[tokio::test]
+async fn two_authors_delivering_into_one_group_at_once_and_a_redelivery_lose_nothing() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    s.follow("fan", "other").await;
+    let a1 = s.post("star", 1).await;
+    let b1 = s.post("other", 2).await;
+    s.run(deliver(&a1)).await;
+    s.aggregated("fan").await;
+    // One delivery has written its row and not yet marked; the other runs whole, and a read
+    // recomputes the group in between.
+    let (task, release) = s.start_paused("mark_groups", deliver(&b1)).await;
+    let a2 = s.post("star", 3).await;
+    s.run(deliver(&a2)).await;
+    s.aggregated("fan").await;
+    release.send(()).unwrap();
+    task.await.unwrap();
+    s.run(deliver(&a2)).await;
+    let groups = s.aggregated("fan").await;
+    assert_eq!(count(&groups), [3]);
+    assert_eq!(groups[0]["actors"], serde_json::json!(["star", "other"]));
+    s.assert_groups_agree("fan").await;
 }
 
 #[tokio::test]
@@ -225,6 +486,7 @@ async fn backfill_that_saw_the_edge_before_an_unfollow_leaves_nothing_behind() {
         a1.id,
         a2.id
     );
+    s.assert_groups_agree("fan").await;
 }
 
 #[tokio::test]
@@ -257,6 +519,7 @@ async fn purge_that_overlapped_a_follow_again_leaves_the_feed_whole() {
         [a2.id, a1.id],
         "the follower's feed lost the activities of a user it follows"
     );
+    s.assert_groups_agree("fan").await;
 }
 
 #[tokio::test]
@@ -292,4 +555,6 @@ async fn delivery_that_read_the_followers_before_an_unfollow_leaves_nothing_behi
         [a.id],
         "and still reached the follower"
     );
+    s.assert_groups_agree("fan").await;
+    s.assert_groups_agree("friend").await;
 }

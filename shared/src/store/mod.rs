@@ -32,6 +32,56 @@ pub struct TimelineEntry {
     pub activity: Activity,
 }
 
+/// One group of someone's aggregated feed: the feed is `(owner, feed)` (`feed` names the
+/// grouping), the group a day (days since 1970-01-01, UTC) and a key within it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupRef {
+    pub owner: String,
+    pub feed: String,
+    pub day: i32,
+    pub key: String,
+}
+
+/// Days of an aggregated feed, both ends included; `None` is unbounded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DayRange {
+    pub max: Option<i32>,
+    pub min: Option<i32>,
+}
+
+/// A group as last computed from the timeline: its newest activity (which orders groups) and the
+/// group's JSON as the API answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSummary {
+    pub newest_id: String,
+    pub json: String,
+}
+
+/// A stored group row. It is stale when something touched the group (`dirty_us`) after the scan
+/// its summary was computed from started (`clean_us`), or when no scan computed it yet
+/// (`clean_us` 0). A computed row without a summary is a group with no activity left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredGroup {
+    pub day: i32,
+    pub key: String,
+    pub summary: Option<GroupSummary>,
+    pub clean_us: i64,
+    pub dirty_us: i64,
+}
+
+impl StoredGroup {
+    pub fn is_stale(&self) -> bool {
+        self.clean_us == 0 || self.dirty_us > self.clean_us
+    }
+}
+
+/// A recomputed group of one day: its summary, or `None` when it has no activity left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupWrite {
+    pub key: String,
+    pub summary: Option<GroupSummary>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cheap query that proves the store answers.
@@ -83,4 +133,49 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError>;
     /// Removes `(owner, activity id)` rows; removing a missing row changes nothing.
     async fn delete_timeline(&self, rows: &[(String, String)]) -> Result<(), StoreError>;
+    /// The timeline rows among `rows` (`(owner, activity id)`) that exist.
+    async fn timeline_entries(
+        &self,
+        rows: &[(String, String)],
+    ) -> Result<Vec<TimelineEntry>, StoreError>;
+    /// The id at `position` (0 = newest) of `owner`'s timeline, if it is that long.
+    async fn timeline_id_at(
+        &self,
+        owner: &str,
+        position: usize,
+    ) -> Result<Option<String>, StoreError>;
+    /// Removes every row of `owner`'s timeline whose id is `through` or older.
+    async fn trim_timeline(&self, owner: &str, through: &str) -> Result<(), StoreError>;
+
+    /// Records that the groups changed at `at_us` (microseconds since the epoch); a group keeps
+    /// its latest mark, and a group without a row gets one, with no summary.
+    async fn mark_groups(&self, groups: &[GroupRef], at_us: i64) -> Result<(), StoreError>;
+    /// Group rows of the feed `(owner, feed)` in `days`, newest day first, at most `limit`.
+    async fn groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        days: DayRange,
+        limit: usize,
+    ) -> Result<Vec<StoredGroup>, StoreError>;
+    /// Removes the feed's groups of the days before `day`, as of `at_us`: a later mark survives.
+    async fn drop_groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        day: i32,
+        at_us: i64,
+    ) -> Result<(), StoreError>;
+    /// Stores groups of `day` recomputed from a timeline scan that started at `as_of_us`: each
+    /// replaces the row only if the row's summary comes from an earlier scan, and a mark later
+    /// than `as_of_us` survives, so the group stays stale. `None` empties the group (its row
+    /// stays, so that an earlier scan's summary cannot come back over it).
+    async fn put_groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        day: i32,
+        writes: &[GroupWrite],
+        as_of_us: i64,
+    ) -> Result<(), StoreError>;
 }

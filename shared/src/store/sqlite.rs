@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{IdRange, Store, StoreError, TimelineEntry};
+use super::{
+    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, Store, StoreError, StoredGroup,
+    TimelineEntry,
+};
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 
 const SCHEMA: &str = "
@@ -27,6 +30,11 @@ CREATE TABLE IF NOT EXISTS timeline (
     owner TEXT NOT NULL, id TEXT NOT NULL, actor TEXT NOT NULL, verb TEXT NOT NULL, object TEXT NOT NULL,
     target TEXT, time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT,
     PRIMARY KEY (owner, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feed_groups (
+    owner TEXT NOT NULL, feed TEXT NOT NULL, day INTEGER NOT NULL, group_key TEXT NOT NULL,
+    newest_id TEXT, json TEXT, clean_us INTEGER NOT NULL DEFAULT 0,
+    dirty_us INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, feed, day, group_key)) WITHOUT ROWID;
 ";
 
 const ACTIVITY_COLUMNS: &str = "id, actor, verb, object, target, time_us, foreign_id, extra";
@@ -342,6 +350,173 @@ impl Store for SqliteStore {
                         tx.prepare_cached("DELETE FROM timeline WHERE owner = ?1 AND id = ?2")?;
                     for (owner, id) in &rows {
                         stmt.execute(params![owner, id])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn timeline_entries(
+        &self,
+        rows: &[(String, String)],
+    ) -> Result<Vec<TimelineEntry>, StoreError> {
+        let rows = rows.to_vec();
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {ACTIVITY_COLUMNS} FROM timeline WHERE owner = ?1 AND id = ?2"
+                ))?;
+                let mut found = Vec::new();
+                for (owner, id) in rows {
+                    if let Some(activity) = stmt
+                        .query_row(params![owner, id], activity_from_row)
+                        .optional()?
+                    {
+                        found.push(TimelineEntry { owner, activity });
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    async fn timeline_id_at(
+        &self,
+        owner: &str,
+        position: usize,
+    ) -> Result<Option<String>, StoreError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| {
+                c.query_row(
+                    "SELECT id FROM timeline WHERE owner = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                    params![owner, position as i64],
+                    |row| row.get(0),
+                )
+                .optional()
+            })
+            .await
+    }
+
+    async fn trim_timeline(&self, owner: &str, through: &str) -> Result<(), StoreError> {
+        let (owner, through) = (owner.to_owned(), through.to_owned());
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "DELETE FROM timeline WHERE owner = ?1 AND id <= ?2",
+                    params![owner, through],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn mark_groups(&self, groups: &[GroupRef], at_us: i64) -> Result<(), StoreError> {
+        let groups = groups.to_vec();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT INTO feed_groups (owner, feed, day, group_key, dirty_us) \
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO UPDATE \
+                         SET dirty_us = max(dirty_us, excluded.dirty_us)",
+                    )?;
+                    for g in &groups {
+                        stmt.execute(params![g.owner, g.feed, g.day, g.key, at_us])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        days: DayRange,
+        limit: usize,
+    ) -> Result<Vec<StoredGroup>, StoreError> {
+        let (owner, feed) = (owner.to_owned(), feed.to_owned());
+        let max = days.max.unwrap_or(i32::MAX);
+        let min = days.min.unwrap_or(i32::MIN);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT day, group_key, newest_id, json, clean_us, dirty_us FROM feed_groups \
+                     WHERE owner = ?1 AND feed = ?2 AND day <= ?3 AND day >= ?4 \
+                     ORDER BY day DESC, group_key LIMIT ?5",
+                )?;
+                let rows = stmt.query_map(params![owner, feed, max, min, limit], |row| {
+                    let newest_id: Option<String> = row.get(2)?;
+                    let json: Option<String> = row.get(3)?;
+                    Ok(StoredGroup {
+                        day: row.get(0)?,
+                        key: row.get(1)?,
+                        summary: newest_id
+                            .zip(json)
+                            .map(|(newest_id, json)| GroupSummary { newest_id, json }),
+                        clean_us: row.get(4)?,
+                        dirty_us: row.get(5)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn drop_groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        day: i32,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        let (owner, feed) = (owner.to_owned(), feed.to_owned());
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "DELETE FROM feed_groups WHERE owner = ?1 AND feed = ?2 AND day < ?3 \
+                     AND dirty_us <= ?4",
+                    params![owner, feed, day, at_us],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn put_groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        day: i32,
+        writes: &[GroupWrite],
+        as_of_us: i64,
+    ) -> Result<(), StoreError> {
+        let (owner, feed, writes) = (owner.to_owned(), feed.to_owned(), writes.to_vec());
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    // Only over a summary from an earlier scan; the mark is left as it is. An
+                    // empty group keeps its row (no summary) so that an earlier scan's summary
+                    // cannot come back over it.
+                    let mut put = tx.prepare_cached(
+                        "INSERT INTO feed_groups (owner, feed, day, group_key, newest_id, json, clean_us) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO UPDATE \
+                         SET newest_id = excluded.newest_id, json = excluded.json, \
+                             clean_us = excluded.clean_us \
+                         WHERE feed_groups.clean_us < excluded.clean_us",
+                    )?;
+                    for w in &writes {
+                        let (newest_id, json) = match &w.summary {
+                            Some(s) => (Some(&s.newest_id), Some(&s.json)),
+                            None => (None, None),
+                        };
+                        put.execute(params![owner, feed, day, w.key, newest_id, json, as_of_us])?;
                     }
                 }
                 tx.commit()

@@ -18,7 +18,7 @@ const SCHEMA: &str = include_str!("../../../../etc/schema.cql");
 
 /// Tables written `USING TIMESTAMP` (see `EdgeState`), which Amazon Keyspaces must be told to
 /// accept: `template.yaml` sets `ClientSideTimestampsEnabled` on them, `migrate` alters them.
-pub const CLIENT_SIDE_TIMESTAMP_TABLES: [&str; 1] = ["followers"];
+pub const CLIENT_SIDE_TIMESTAMP_TABLES: [&str; 2] = ["followers", "feed_groups"];
 
 /// Timeout of each schema statement (DDL takes longer than a data request).
 const DDL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -4,7 +4,7 @@
 use scylla::value::MaybeUnset;
 
 use crate::model::{from_micros, Activity};
-use crate::store::StoreError;
+use crate::store::{GroupSummary, StoreError, StoredGroup};
 
 /// The activity columns of every activity table, in [`ActivityValues`] order.
 pub(super) const ACTIVITY_COLUMNS: &str =
@@ -75,6 +75,37 @@ pub(super) fn activity_values(a: &Activity) -> ActivityValues<'_> {
                 .map(|m| serde_json::Value::Object(m.clone()).to_string()),
         ),
     )
+}
+
+/// A row of `feed_groups`.
+#[derive(scylla::DeserializeRow)]
+pub(super) struct GroupRow {
+    pub(super) day: i32,
+    pub(super) group_key: String,
+    pub(super) newest_id: Option<String>,
+    pub(super) json: Option<String>,
+    pub(super) clean_us: Option<i64>,
+    pub(super) dirty_us: Option<i64>,
+}
+
+impl GroupRow {
+    pub(super) fn into_group(self) -> StoredGroup {
+        StoredGroup {
+            day: self.day,
+            key: self.group_key,
+            summary: self
+                .newest_id
+                .zip(self.json)
+                .map(|(newest_id, json)| GroupSummary { newest_id, json }),
+            clean_us: self.clean_us.unwrap_or(0),
+            dirty_us: self.dirty_us.unwrap_or(0),
+        }
+    }
+}
+
+#[derive(scylla::DeserializeRow)]
+pub(super) struct IdRow {
+    pub(super) id: String,
 }
 
 #[derive(scylla::DeserializeRow)]

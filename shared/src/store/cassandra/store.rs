@@ -17,12 +17,15 @@ use scylla::value::Row;
 use super::errors::store_error;
 use super::rows::{
     activity_values, ActivityRow, AppliedRow, CasRow, CreatedRow, EdgeCasRow, EdgeState,
-    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, SwapCasRow, ACTIVITY_COLUMNS,
+    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, SwapCasRow,
+    ACTIVITY_COLUMNS,
 };
 use super::session::LiveSession;
 use super::CassandraConfig;
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
-use crate::store::{IdRange, Store, StoreError, TimelineEntry};
+use crate::store::{
+    DayRange, GroupRef, GroupWrite, IdRange, Store, StoreError, StoredGroup, TimelineEntry,
+};
 
 /// How many rows or writes are in flight at once for one `insert_timeline` / `delete_timeline`.
 const WRITE_CONCURRENCY: usize = 64;
@@ -77,6 +80,13 @@ struct Statements {
     timeline_insert: PreparedStatement,
     timeline_delete: PreparedStatement,
     timeline_page: PreparedStatement,
+    timeline_get: PreparedStatement,
+    timeline_ids: PreparedStatement,
+    timeline_trim: PreparedStatement,
+    group_mark: PreparedStatement,
+    groups_page: PreparedStatement,
+    group_put: PreparedStatement,
+    groups_drop: PreparedStatement,
 }
 
 pub struct CassandraStore {
@@ -117,6 +127,13 @@ impl CassandraStore {
             prepare(s, format!("INSERT INTO {ks}.timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("DELETE FROM {ks}.timeline WHERE owner = ? AND id = ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.timeline WHERE owner = ? AND id < ? AND id >= ? LIMIT ?"), true),
+            prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.timeline WHERE owner = ? AND id = ?"), true),
+            prepare(s, format!("SELECT id FROM {ks}.timeline WHERE owner = ? LIMIT ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.timeline WHERE owner = ? AND id <= ?"), true),
+            prepare(s, format!("UPDATE {ks}.feed_groups USING TIMESTAMP ? SET dirty_us = ? WHERE owner = ? AND feed = ? AND day = ? AND group_key = ?"), true),
+            prepare(s, format!("SELECT day, group_key, newest_id, json, clean_us, dirty_us FROM {ks}.feed_groups WHERE owner = ? AND feed = ? AND day <= ? AND day >= ? LIMIT ?"), true),
+            prepare(s, format!("UPDATE {ks}.feed_groups USING TIMESTAMP ? SET newest_id = ?, json = ?, clean_us = ? WHERE owner = ? AND feed = ? AND day = ? AND group_key = ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.feed_groups USING TIMESTAMP ? WHERE owner = ? AND feed = ? AND day < ?"), true),
         )?;
         let st = Statements {
             health: st.0,
@@ -140,6 +157,13 @@ impl CassandraStore {
             timeline_insert: st.18,
             timeline_delete: st.19,
             timeline_page: st.20,
+            timeline_get: st.21,
+            timeline_ids: st.22,
+            timeline_trim: st.23,
+            group_mark: st.24,
+            groups_page: st.25,
+            group_put: st.26,
+            groups_drop: st.27,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -293,6 +317,23 @@ impl CassandraStore {
             .get_rows(op, statement, (key, before, not_before, cql_limit), limit)
             .await?;
         rows.into_iter().map(ActivityRow::into_activity).collect()
+    }
+
+    async fn timeline_entry(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<TimelineEntry>, StoreError> {
+        let row: Option<ActivityRow> = self
+            .get_row("timeline_entries", &self.st.timeline_get, (owner, id))
+            .await?;
+        row.map(|r| {
+            r.into_activity().map(|activity| TimelineEntry {
+                owner: owner.to_owned(),
+                activity,
+            })
+        })
+        .transpose()
     }
 
     /// Writes the actor's feed row, then the `activities` row: an activity that can be read by
@@ -671,6 +712,136 @@ impl Store for CassandraStore {
                     &self.st.timeline_delete,
                     (owner.as_str(), id.as_str()),
                 )
+            })
+            .collect();
+        run_concurrently(writes).await
+    }
+
+    async fn timeline_entries(
+        &self,
+        rows: &[(String, String)],
+    ) -> Result<Vec<TimelineEntry>, StoreError> {
+        let reads: Vec<_> = rows
+            .iter()
+            .map(|(owner, id)| self.timeline_entry(owner, id))
+            .collect();
+        let found: Vec<Option<TimelineEntry>> = futures::stream::iter(reads)
+            .buffered(WRITE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn timeline_id_at(
+        &self,
+        owner: &str,
+        position: usize,
+    ) -> Result<Option<String>, StoreError> {
+        let wanted = position.saturating_add(1);
+        let cql_limit = i32::try_from(wanted).unwrap_or(i32::MAX);
+        let ids: Vec<IdRow> = self
+            .get_rows(
+                "timeline_id_at",
+                &self.st.timeline_ids,
+                (owner, cql_limit),
+                wanted,
+            )
+            .await?;
+        Ok(ids.into_iter().nth(position).map(|r| r.id))
+    }
+
+    async fn trim_timeline(&self, owner: &str, through: &str) -> Result<(), StoreError> {
+        // One range tombstone: reads that reach it skip everything below it at once.
+        self.execute("trim_timeline", &self.st.timeline_trim, (owner, through))
+            .await
+            .map(drop)
+    }
+
+    async fn mark_groups(&self, groups: &[GroupRef], at_us: i64) -> Result<(), StoreError> {
+        let writes: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                let values = (
+                    at_us,
+                    at_us,
+                    g.owner.as_str(),
+                    g.feed.as_str(),
+                    g.day,
+                    g.key.as_str(),
+                );
+                self.execute("mark_groups", &self.st.group_mark, values)
+            })
+            .collect();
+        run_concurrently(writes).await
+    }
+
+    async fn groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        days: DayRange,
+        limit: usize,
+    ) -> Result<Vec<StoredGroup>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let max = days.max.unwrap_or(i32::MAX);
+        let min = days.min.unwrap_or(i32::MIN);
+        let cql_limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows: Vec<GroupRow> = self
+            .get_rows(
+                "groups",
+                &self.st.groups_page,
+                (owner, feed, max, min, cql_limit),
+                limit,
+            )
+            .await?;
+        Ok(rows.into_iter().map(GroupRow::into_group).collect())
+    }
+
+    async fn drop_groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        day: i32,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "drop_groups",
+            &self.st.groups_drop,
+            (at_us, owner, feed, day),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn put_groups(
+        &self,
+        owner: &str,
+        feed: &str,
+        day: i32,
+        writes: &[GroupWrite],
+        as_of_us: i64,
+    ) -> Result<(), StoreError> {
+        // Written at the scan's start: a later scan's summary and a later mark both win.
+        let writes: Vec<_> = writes
+            .iter()
+            .map(|w| {
+                let (newest_id, json) = match &w.summary {
+                    Some(s) => (Some(s.newest_id.as_str()), Some(s.json.as_str())),
+                    None => (None, None),
+                };
+                let values = (
+                    as_of_us,
+                    newest_id,
+                    json,
+                    as_of_us,
+                    owner,
+                    feed,
+                    day,
+                    w.key.as_str(),
+                );
+                self.execute("put_groups", &self.st.group_put, values)
             })
             .collect();
         run_concurrently(writes).await
