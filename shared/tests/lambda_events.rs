@@ -116,13 +116,18 @@ async fn get_feed_function_answers_its_sample_events() {
         .await
         .unwrap();
     f.store.put_activity(&sample_activity()).await.unwrap();
-    f.store
-        .insert_timeline(&[feeds::store::TimelineEntry {
-            owner: "usr_02".into(),
-            activity: sample_activity(),
-        }])
-        .await
-        .unwrap();
+    // Delivered as the fan-out does it: the timeline row and its aggregated group.
+    let fanout = feeds::fanout::Fanout::new(
+        f.store.clone(),
+        Arc::new(f.queue.clone()),
+        Default::default(),
+    );
+    let deliver = feeds::queue::FanoutJob::Deliver {
+        activity_id: SAMPLE_ACTIVITY.into(),
+        actor: "usr_01".into(),
+        after: None,
+    };
+    fanout.run(&deliver).await.unwrap();
     let (status, body) = invoke(&f.app, Routes::GetFeed, "get-feed.json").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["group"], "post:2026-11-29");

@@ -195,6 +195,7 @@ mod tests {
                 "user_activities",
                 "activity_foreign_ids",
                 "timeline",
+                "feed_groups",
                 "followers",
                 "following"
             ]
