@@ -3,7 +3,9 @@
 
 use chrono::{Duration, Utc};
 use feeds::model::{parse_time, Activity, ActivityId, FollowEdge};
-use feeds::store::{IdRange, Store, TimelineEntry};
+use feeds::store::{
+    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, Store, StoredGroup, TimelineEntry,
+};
 
 use crate::unique;
 
@@ -27,6 +29,8 @@ pub async fn run(store: &dyn Store) {
     follow_edges_are_idempotent_and_listed_in_order(store).await;
     activities_are_idempotent_by_foreign_id(store).await;
     timelines_are_sorted_sliced_and_idempotent(store).await;
+    timelines_are_looked_up_counted_and_trimmed(store).await;
+    groups_keep_the_latest_mark_and_the_latest_scan(store).await;
 }
 
 async fn follow_edges_are_idempotent_and_listed_in_order(store: &dyn Store) {
@@ -264,4 +268,188 @@ async fn timelines_are_sorted_sliced_and_idempotent(store: &dyn Store) {
             .unwrap(),
         vec![acts[0].clone()]
     );
+}
+
+async fn timelines_are_looked_up_counted_and_trimmed(store: &dyn Store) {
+    let owner = unique("reader");
+    let acts: Vec<Activity> = (0..6)
+        .map(|i| activity("star", &format!("2026-11-0{}T10:00:00Z", i + 1), None))
+        .collect();
+    let entries: Vec<TimelineEntry> = acts
+        .iter()
+        .map(|a| TimelineEntry {
+            owner: owner.clone(),
+            activity: a.clone(),
+        })
+        .collect();
+    store.insert_timeline(&entries).await.unwrap();
+    let newest_first: Vec<&str> = acts.iter().rev().map(|a| a.id.as_str()).collect();
+    for (position, id) in newest_first.iter().enumerate() {
+        assert_eq!(
+            store
+                .timeline_id_at(&owner, position)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(*id),
+            "the id at position {position}"
+        );
+    }
+    assert_eq!(store.timeline_id_at(&owner, 6).await.unwrap(), None);
+
+    let lookups = vec![
+        (owner.clone(), acts[1].id.clone()),
+        (owner.clone(), ActivityId::floor(Utc::now())),
+        (unique("nobody"), acts[1].id.clone()),
+    ];
+    let found = store.timeline_entries(&lookups).await.unwrap();
+    assert_eq!(found, [entries[1].clone()], "only the rows that exist");
+
+    // Keep the newest 4: everything from the 5th newest down goes, in one delete.
+    store.trim_timeline(&owner, newest_first[4]).await.unwrap();
+    let left: Vec<String> = store
+        .timeline(&owner, IdRange::default(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(left, newest_first[..4]);
+}
+
+async fn groups_keep_the_latest_mark_and_the_latest_scan(store: &dyn Store) {
+    let owner = unique("reader");
+    let feed = "verb_day";
+    let group = |day: i32, key: &str| GroupRef {
+        owner: owner.clone(),
+        feed: feed.to_owned(),
+        day,
+        key: key.to_owned(),
+    };
+    let summary = |id: &str, json: &str| GroupSummary {
+        newest_id: id.to_owned(),
+        json: json.to_owned(),
+    };
+    // Marks: a group without a row gets one, stale; a group keeps its latest mark.
+    store
+        .mark_groups(
+            &[group(20, "like"), group(20, "post"), group(21, "post")],
+            1_000,
+        )
+        .await
+        .unwrap();
+    store
+        .mark_groups(&[group(20, "post")], 3_000)
+        .await
+        .unwrap();
+    store
+        .mark_groups(&[group(20, "post")], 2_000)
+        .await
+        .unwrap();
+    let rows = all_groups(store, &owner).await;
+    let keys: Vec<(i32, &str)> = rows.iter().map(|g| (g.day, g.key.as_str())).collect();
+    assert_eq!(
+        keys,
+        [(21, "post"), (20, "like"), (20, "post")],
+        "newest day first"
+    );
+    assert!(rows.iter().all(StoredGroup::is_stale));
+    assert_eq!(rows[2].dirty_us, 3_000, "the latest mark wins");
+    assert_eq!(rows[2].summary, None);
+
+    // A scan stored as of 2,500 does not clear the mark of 3,000; one as of 3,500 does.
+    let write = |key: &str, s: Option<GroupSummary>| GroupWrite {
+        key: key.to_owned(),
+        summary: s,
+    };
+    store
+        .put_groups(
+            &owner,
+            feed,
+            20,
+            &[write("post", Some(summary("a1", "{\"n\":1}")))],
+            2_500,
+        )
+        .await
+        .unwrap();
+    let post = all_groups(store, &owner).await.remove(2);
+    assert_eq!(post.summary, Some(summary("a1", "{\"n\":1}")));
+    assert!(post.is_stale(), "marked after the scan began: still stale");
+    store
+        .put_groups(
+            &owner,
+            feed,
+            20,
+            &[write("post", Some(summary("a2", "{\"n\":2}")))],
+            3_500,
+        )
+        .await
+        .unwrap();
+    // An earlier scan finishing late does not replace a later one.
+    store
+        .put_groups(
+            &owner,
+            feed,
+            20,
+            &[write("post", Some(summary("a1", "{\"n\":1}")))],
+            3_200,
+        )
+        .await
+        .unwrap();
+    let post = all_groups(store, &owner).await.remove(2);
+    assert_eq!(post.summary, Some(summary("a2", "{\"n\":2}")));
+    assert_eq!(post.clean_us, 3_500);
+    assert!(!post.is_stale());
+
+    // Emptied: the row stays, without a summary, and an earlier scan cannot bring it back.
+    store
+        .put_groups(&owner, feed, 20, &[write("post", None)], 4_000)
+        .await
+        .unwrap();
+    store
+        .put_groups(
+            &owner,
+            feed,
+            20,
+            &[write("post", Some(summary("a1", "{}")))],
+            3_900,
+        )
+        .await
+        .unwrap();
+    let post = all_groups(store, &owner).await.remove(2);
+    assert_eq!((post.is_stale(), post.summary), (false, None));
+
+    // Day ranges, and dropping the days before one: a later mark survives the drop.
+    let day20 = DayRange {
+        max: Some(20),
+        min: Some(20),
+    };
+    let rows = store.groups(&owner, feed, day20, 100).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    store
+        .mark_groups(&[group(19, "post")], 9_000)
+        .await
+        .unwrap();
+    store.drop_groups(&owner, feed, 21, 5_000).await.unwrap();
+    let keys: Vec<(i32, String)> = all_groups(store, &owner)
+        .await
+        .into_iter()
+        .map(|g| (g.day, g.key))
+        .collect();
+    assert_eq!(keys, [(21, "post".to_owned()), (19, "post".to_owned())]);
+    assert_eq!(
+        store
+            .groups(&owner, "verb_actor_day", DayRange::default(), 100)
+            .await
+            .unwrap(),
+        [],
+        "each feed keeps its own groups"
+    );
+}
+
+async fn all_groups(store: &dyn Store, owner: &str) -> Vec<StoredGroup> {
+    store
+        .groups(owner, "verb_day", DayRange::default(), 100)
+        .await
+        .unwrap()
 }
