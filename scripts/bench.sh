@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark of BENCHMARKS.md, in one command: starts Cassandra and ElasticMQ unless they already
 # run (and stops afterwards only what it started), builds the release binaries, runs every workload
-# of feeds-bench, then Stream-Framework (the peer), prints the tables, writes the results as JSON and
-# the plots as PNG, and records them with the machine, the commands and the date.
+# of feeds-bench, then Stream-Framework (the peer, with Redis as its Celery broker: started for its run
+# unless already running, and stopped after it if started here), prints the tables, writes the
+# results as JSON and the plots as PNG, and records them with the machine, the commands and the date.
 #   scripts/bench.sh           full run (~25 min on 2 cores): bench/results/ and BENCHMARKS.md
 #   scripts/bench.sh --tiny    smoke check (N = 100, few repetitions; no Stream-Framework, no sam):
 #                              everything in target/bench-tiny/, BENCHMARKS.md untouched
@@ -76,8 +77,9 @@ install_pinned() {
 }
 install_pinned 'matplotlib==3.11.2'
 if [[ $size == full ]]; then
-  # redis 2.x: stream_framework's Manager module imports its Redis feed, which needs redis-py < 3.
-  install_pinned 'stream-framework[cassandra]==1.4.0' 'cassandra-driver==3.30.1' 'celery==5.7.0' 'redis==2.10.6'
+  # redis-py as kombu's Redis transport requires it (>= 6.1); the package's own import of the
+  # pre-3.0 name redis.client.BasePipeline is shimmed by bench/peer/peer_app.py.
+  install_pinned 'stream-framework[cassandra]==1.4.0' 'cassandra-driver==3.30.1' 'celery[redis]==5.7.0' 'redis==8.1.0'
 fi
 
 if [[ $size == full ]]; then
@@ -90,14 +92,27 @@ fi
 mkdir -p "$OUT"
 rm -f "$OUT/ours.json" "$OUT/peer.json"
 
-# The peer first: it needs no Rust binary.
+# The peer first: it needs no Rust binary. Its Celery broker is scripts/redis.sh's Redis
+# (127.0.0.1:6380); the script starts and stops its 4 Celery worker processes itself.
 if [[ $size == full ]]; then
+  redis_started=0
+  if bash scripts/redis.sh status >/dev/null 2>&1; then
+    log "redis is already running: using it"
+  else
+    bash scripts/redis.sh start
+    started+=(redis)
+    redis_started=1
+  fi
   log "running Stream-Framework 1.4.0 (the peer)"
-  # Its fan-out runs 100-follower tasks one after another at a rate that does not depend on N; at
-  # ~100 rows/s here N = 100,000 alone takes ~17 min, so by default it stops at N = 10,000
-  # (FEEDS_BENCH_PEER_MAX_FOLLOWERS=100000 runs that size too).
+  # FEEDS_BENCH_PEER_MAX_FOLLOWERS=10000 leaves out its N = 100,000 fan-out (several minutes).
   "$VENV/bin/python" bench/peer/stream_framework_bench.py --size full --out "$OUT/peer.json" \
-    --max-followers "${FEEDS_BENCH_PEER_MAX_FOLLOWERS:-10000}"
+    ${FEEDS_BENCH_PEER_MAX_FOLLOWERS:+--max-followers "$FEEDS_BENCH_PEER_MAX_FOLLOWERS"}
+  if (( redis_started )); then
+    bash scripts/redis.sh stop
+    others=()
+    for service in "${started[@]}"; do [[ $service == redis ]] || others+=("$service"); done
+    started=("${others[@]}")
+  fi
 else
   log "Stream-Framework: skipped (tiny)"
 fi
