@@ -13,7 +13,8 @@ use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{
-    DayRange, GroupRef, GroupWrite, IdRange, Store, StoreError, StoredGroup, TimelineEntry,
+    DayRange, GroupRef, GroupWrite, IdRange, PulledFollowee, Store, StoreError, StoredGroup,
+    TimelineEntry,
 };
 use feeds_testkit::wait::drain_embedded;
 use serde_json::Value;
@@ -177,6 +178,45 @@ impl Store for GatedStore {
         self.inner
             .put_groups(owner, feed, day, writes, as_of_us)
             .await
+    }
+    async fn is_pulled_author(&self, actor: &str) -> Result<bool, StoreError> {
+        self.inner.is_pulled_author(actor).await
+    }
+    async fn mark_pulled_author(&self, actor: &str) -> Result<(), StoreError> {
+        self.inner.mark_pulled_author(actor).await
+    }
+    async fn put_pulled(&self, activity: &Activity) -> Result<(), StoreError> {
+        self.inner.put_pulled(activity).await
+    }
+    async fn get_pulled(&self, actor: &str, id: &str) -> Result<Option<Activity>, StoreError> {
+        self.inner.get_pulled(actor, id).await
+    }
+    async fn delete_pulled(&self, actor: &str, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_pulled(actor, id).await
+    }
+    async fn pulled(
+        &self,
+        actor: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        self.inner.pulled(actor, range, limit).await
+    }
+    async fn put_pulled_followee(
+        &self,
+        user: &str,
+        followee: &str,
+        floor: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.pass("put_pulled_followee").await;
+        self.inner.put_pulled_followee(user, followee, floor).await
+    }
+    async fn delete_pulled_followee(&self, user: &str, followee: &str) -> Result<(), StoreError> {
+        self.pass("delete_pulled_followee").await;
+        self.inner.delete_pulled_followee(user, followee).await
+    }
+    async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError> {
+        self.inner.pulled_followees(user).await
     }
 }
 

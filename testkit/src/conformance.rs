@@ -329,6 +329,7 @@ async fn groups_keep_the_latest_mark_and_the_latest_scan(store: &dyn Store) {
     let summary = |id: &str, json: &str| GroupSummary {
         newest_id: id.to_owned(),
         json: json.to_owned(),
+        actors_newest: format!("[\"{id}\"]"),
     };
     // Marks: a group without a row gets one, stale; a group keeps its latest mark.
     store
