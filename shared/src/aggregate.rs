@@ -10,12 +10,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::model::{day_of, serialize_time, start_of_day, Activity, ActivityId};
 use crate::store::{
-    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, Store, StoreError, StoredGroup,
+    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, PulledFollowee, Store, StoreError,
+    StoredGroup,
 };
 
 /// Activities listed in a group.
@@ -109,7 +110,7 @@ pub fn day_of_id(id: &str) -> Option<i32> {
     Some(epoch_day(day_of(crate::model::from_micros(us))))
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AggregatedGroup {
     pub id: String,
     pub group: String,
@@ -125,6 +126,60 @@ pub struct AggregatedGroup {
     /// The newest activity's id: orders groups (its first digits are `updated_at`).
     #[serde(skip)]
     newest_id: String,
+    /// Each actor's newest activity id, in the order of `actors`.
+    #[serde(skip)]
+    actors_newest: Vec<String>,
+}
+
+impl AggregatedGroup {
+    fn summary(&self) -> Result<GroupSummary, StoreError> {
+        let text = |r: serde_json::Result<String>| {
+            r.map_err(|e| StoreError::Internal(format!("cannot serialise a group: {e}")))
+        };
+        Ok(GroupSummary {
+            newest_id: self.newest_id.clone(),
+            json: text(serde_json::to_string(self))?,
+            actors_newest: text(serde_json::to_string(&self.actors_newest))?,
+        })
+    }
+
+    fn from_summary(summary: &GroupSummary) -> Result<Self, StoreError> {
+        let bad = |e: serde_json::Error| {
+            StoreError::Internal(format!("a stored group does not parse: {e}"))
+        };
+        let mut group: AggregatedGroup = serde_json::from_str(&summary.json).map_err(bad)?;
+        group.newest_id = summary.newest_id.clone();
+        group.actors_newest = serde_json::from_str(&summary.actors_newest).map_err(bad)?;
+        Ok(group)
+    }
+
+    /// Adds the activities of `other`, a group of the same key with none of this one's.
+    fn absorb(&mut self, other: AggregatedGroup) {
+        self.activity_count += other.activity_count;
+        let mut activities = std::mem::take(&mut self.activities);
+        activities.extend(other.activities);
+        activities.sort_by(|a, b| b.id.cmp(&a.id));
+        activities.truncate(GROUP_ACTIVITIES);
+        self.activities = activities;
+        let mut newest: HashMap<String, String> = HashMap::new();
+        let pairs = std::mem::take(&mut self.actors)
+            .into_iter()
+            .zip(std::mem::take(&mut self.actors_newest))
+            .chain(other.actors.into_iter().zip(other.actors_newest));
+        for (actor, id) in pairs {
+            let entry = newest.entry(actor).or_default();
+            if id > *entry {
+                *entry = id;
+            }
+        }
+        let mut actors: Vec<(String, String)> = newest.into_iter().collect();
+        actors.sort_by(|a, b| b.1.cmp(&a.1));
+        self.actor_count = actors.len();
+        (self.actors, self.actors_newest) = actors.into_iter().unzip();
+        self.created_at = self.created_at.min(other.created_at);
+        self.updated_at = self.updated_at.max(other.updated_at);
+        self.newest_id = self.newest_id.clone().max(other.newest_id);
+    }
 }
 
 /// Where the next page of groups starts: after the group whose newest activity is `newest_id`.
@@ -167,11 +222,13 @@ fn build_groups(activities: Vec<Activity>, grouping: Grouping) -> Vec<Aggregated
                 created_at: a.time,
                 updated_at: a.time,
                 newest_id: a.id.clone(),
+                actors_newest: Vec::new(),
             });
         group.activity_count += 1;
         group.created_at = a.time;
         if actors_seen.entry(key).or_default().insert(a.actor.clone()) {
             group.actors.push(a.actor.clone());
+            group.actors_newest.push(a.id.clone());
             group.actor_count += 1;
         }
         if group.activities.len() < GROUP_ACTIVITIES {
@@ -183,12 +240,7 @@ fn build_groups(activities: Vec<Activity>, grouping: Grouping) -> Vec<Aggregated
 
 /// Every activity of `day` in `owner`'s timeline, newest first.
 async fn scan_day(store: &dyn Store, owner: &str, day: i32) -> Result<Vec<Activity>, StoreError> {
-    let date = from_epoch_day(day);
-    let not_before = ActivityId::floor(start_of_day(date));
-    let end = date
-        .checked_add_days(Days::new(1))
-        .map(|d| ActivityId::floor(start_of_day(d)));
-    let mut before = end;
+    let (not_before, mut before) = day_bounds(day);
     let mut out = Vec::new();
     loop {
         let range = IdRange {
@@ -205,17 +257,22 @@ async fn scan_day(store: &dyn Store, owner: &str, day: i32) -> Result<Vec<Activi
     }
 }
 
-/// A group ready to answer: its newest activity id and its JSON.
-type Served = (String, Box<RawValue>);
-
-fn served(summary: GroupSummary) -> Result<Served, StoreError> {
-    let json = RawValue::from_string(summary.json)
-        .map_err(|e| StoreError::Internal(format!("a stored group is not JSON: {e}")))?;
-    Ok((summary.newest_id, json))
+/// The bounds of `day` as activity ids: from its first possible id, to before the next day's.
+fn day_bounds(day: i32) -> (String, Option<String>) {
+    let date = from_epoch_day(day);
+    let end = date
+        .checked_add_days(Days::new(1))
+        .map(|d| ActivityId::floor(start_of_day(d)));
+    (ActivityId::floor(start_of_day(date)), end)
 }
 
-/// The groups of one day, newest first: the stored ones, or, when any is stale, all of the day's
-/// recomputed from one scan and stored.
+fn served(summary: GroupSummary) -> Result<Box<RawValue>, StoreError> {
+    RawValue::from_string(summary.json)
+        .map_err(|e| StoreError::Internal(format!("a stored group is not JSON: {e}")))
+}
+
+/// The groups of one day of the timeline: the stored ones, or, when any is stale, all of the
+/// day's recomputed from one scan and stored.
 async fn day_groups(
     store: &dyn Store,
     owner: &str,
@@ -223,48 +280,150 @@ async fn day_groups(
     day: i32,
     rows: Vec<StoredGroup>,
     scan_time: impl Fn() -> i64,
-) -> Result<Vec<Served>, StoreError> {
-    let mut groups: Vec<GroupSummary> = if rows.iter().any(StoredGroup::is_stale) {
-        // Taken before the scan: whatever the scan misses was marked after this.
-        let as_of = scan_time();
-        let built = build_groups(scan_day(store, owner, day).await?, grouping);
-        let mut writes: Vec<GroupWrite> = Vec::with_capacity(rows.len().max(built.len()));
-        let mut summaries = Vec::with_capacity(built.len());
-        for g in &built {
-            let json = serde_json::to_string(g)
-                .map_err(|e| StoreError::Internal(format!("cannot serialise a group: {e}")))?;
-            summaries.push(GroupSummary {
-                newest_id: g.newest_id.clone(),
-                json,
-            });
+) -> Result<Vec<GroupSummary>, StoreError> {
+    if !rows.iter().any(StoredGroup::is_stale) {
+        return Ok(rows.into_iter().filter_map(|r| r.summary).collect());
+    }
+    // Taken before the scan: whatever the scan misses was marked after this.
+    let as_of = scan_time();
+    let built = build_groups(scan_day(store, owner, day).await?, grouping);
+    let summaries = built
+        .iter()
+        .map(AggregatedGroup::summary)
+        .collect::<Result<Vec<_>, _>>()?;
+    let found: HashSet<&str> = built.iter().map(|g| g.group.as_str()).collect();
+    let mut writes: Vec<GroupWrite> = rows
+        .iter()
+        .filter(|r| !found.contains(r.key.as_str()))
+        .map(|r| GroupWrite {
+            key: r.key.clone(),
+            summary: None,
+        })
+        .collect();
+    for (g, summary) in built.iter().zip(&summaries) {
+        writes.push(GroupWrite {
+            key: g.group.clone(),
+            summary: Some(summary.clone()),
+        });
+    }
+    store
+        .put_groups(owner, grouping.feed(), day, &writes, as_of)
+        .await?;
+    Ok(summaries)
+}
+
+/// The newest day at or before `max_day` that holds a pulled activity `pulled` shows.
+async fn next_pulled_day(
+    store: &dyn Store,
+    pulled: &[PulledFollowee],
+    max_day: Option<i32>,
+) -> Result<Option<i32>, StoreError> {
+    let before = max_day.and_then(|d| day_bounds(d).1);
+    let reads = pulled.iter().map(|p| {
+        let range = IdRange {
+            before: before.as_deref(),
+            not_before: p.floor.as_deref(),
+        };
+        store.pulled(&p.followee, range, 1)
+    });
+    let newest = futures::future::try_join_all(reads).await?;
+    Ok(newest
+        .iter()
+        .filter_map(|list| list.first())
+        .filter_map(|a| day_of_id(&a.id))
+        .max())
+}
+
+/// `groups` of `day` with the pulled activities of that day merged in.
+async fn with_pulled(
+    store: &dyn Store,
+    pulled: &[PulledFollowee],
+    grouping: Grouping,
+    day: i32,
+    groups: Vec<GroupSummary>,
+) -> Result<Vec<GroupSummary>, StoreError> {
+    let (start, end) = day_bounds(day);
+    let reads = pulled.iter().map(|p| {
+        let not_before = match &p.floor {
+            Some(floor) if *floor > start => floor.clone(),
+            _ => start.clone(),
+        };
+        let end = end.clone();
+        async move {
+            let range = IdRange {
+                before: end.as_deref(),
+                not_before: Some(&not_before),
+            };
+            store.pulled(&p.followee, range, SCAN_PAGE).await
         }
-        let found: HashSet<&str> = built.iter().map(|g| g.group.as_str()).collect();
-        for row in rows.iter().filter(|r| !found.contains(r.key.as_str())) {
-            writes.push(GroupWrite {
-                key: row.key.clone(),
-                summary: None,
-            });
+    });
+    let mut activities: Vec<Activity> = futures::future::try_join_all(reads)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    if activities.is_empty() {
+        return Ok(groups);
+    }
+    activities.sort_by(|a, b| b.id.cmp(&a.id));
+    let mut merged: HashMap<String, AggregatedGroup> = HashMap::new();
+    for summary in &groups {
+        let g = AggregatedGroup::from_summary(summary)?;
+        merged.insert(g.group.clone(), g);
+    }
+    for g in build_groups(activities, grouping) {
+        match merged.get_mut(&g.group) {
+            Some(stored) => stored.absorb(g),
+            None => {
+                merged.insert(g.group.clone(), g);
+            }
         }
-        for (g, summary) in built.iter().zip(&summaries) {
-            writes.push(GroupWrite {
-                key: g.group.clone(),
-                summary: Some(summary.clone()),
-            });
-        }
-        store
-            .put_groups(owner, grouping.feed(), day, &writes, as_of)
-            .await?;
-        summaries
-    } else {
-        rows.into_iter().filter_map(|r| r.summary).collect()
+    }
+    merged.values().map(AggregatedGroup::summary).collect()
+}
+
+/// Group rows of whole days at or before `max_day`, newest day first, from one read (or two, when
+/// one day has more groups than a read takes).
+async fn stored_days(
+    store: &dyn Store,
+    owner: &str,
+    feed: &str,
+    max_day: Option<i32>,
+) -> Result<Vec<(i32, Vec<StoredGroup>)>, StoreError> {
+    let days = DayRange {
+        max: max_day,
+        min: None,
     };
-    groups.sort_by(|a, b| b.newest_id.cmp(&a.newest_id));
-    groups.into_iter().map(served).collect()
+    let rows = store.groups(owner, feed, days, GROUP_ROWS).await?;
+    let full = rows.len() == GROUP_ROWS;
+    let mut by_day: Vec<(i32, Vec<StoredGroup>)> = Vec::new();
+    for row in rows {
+        match by_day.last_mut() {
+            Some((day, list)) if *day == row.day => list.push(row),
+            _ => by_day.push((row.day, vec![row])),
+        }
+    }
+    if full {
+        // The last day may go on past this read: take it whole, now or on the next read.
+        let (last_day, _) = by_day.pop().expect("a full read has a day");
+        if by_day.is_empty() {
+            let whole = DayRange {
+                max: Some(last_day),
+                min: Some(last_day),
+            };
+            by_day.push((
+                last_day,
+                store.groups(owner, feed, whole, usize::MAX).await?,
+            ));
+        }
+    }
+    Ok(by_day)
 }
 
 /// One page of `owner`'s aggregated feed, each group as its JSON, and the position of the next
-/// page (`None` at the end). `scan_time` answers the time a timeline scan starting now is stored
-/// as of: [`scan_time`] in production.
+/// page (`None` at the end). The groups of the timeline are stored; the activities of the pulled
+/// authors `owner` follows are merged into them, day by day. `scan_time` answers the time a
+/// timeline scan starting now is stored as of: [`scan_time`] in production.
 pub async fn page(
     store: &dyn Store,
     owner: &str,
@@ -280,55 +439,47 @@ pub async fn page(
         })?),
         None => None,
     };
+    let (first, pulled) = tokio::try_join!(
+        stored_days(store, owner, feed, max_day),
+        store.pulled_followees(owner)
+    )?;
+    let mut buffer: std::collections::VecDeque<(i32, Vec<StoredGroup>)> = first.into();
+    let mut stored_left = !buffer.is_empty();
     let mut out = Vec::with_capacity(limit);
     let mut last: Option<String> = None;
     loop {
-        let days = DayRange {
-            max: max_day,
-            min: None,
+        if buffer.is_empty() && stored_left {
+            buffer = stored_days(store, owner, feed, max_day).await?.into();
+            stored_left = !buffer.is_empty();
+        }
+        let stored_day = buffer.front().map(|(day, _)| *day);
+        let pulled_day = match pulled.is_empty() {
+            true => None,
+            false => next_pulled_day(store, &pulled, max_day).await?,
         };
-        let rows = store.groups(owner, feed, days, GROUP_ROWS).await?;
-        let Some(newest_day) = rows.first().map(|r| r.day) else {
+        let Some(day) = stored_day.max(pulled_day) else {
             return Ok((out, None));
         };
-        let full = rows.len() == GROUP_ROWS;
-        let mut by_day: Vec<(i32, Vec<StoredGroup>)> = Vec::new();
-        for row in rows {
-            match by_day.last_mut() {
-                Some((day, list)) if *day == row.day => list.push(row),
-                _ => by_day.push((row.day, vec![row])),
-            }
+        let rows = match stored_day == Some(day) {
+            true => buffer.pop_front().map(|(_, rows)| rows).unwrap_or_default(),
+            false => Vec::new(),
+        };
+        let mut groups = day_groups(store, owner, grouping, day, rows, scan_time).await?;
+        if pulled_day == Some(day) {
+            groups = with_pulled(store, &pulled, grouping, day, groups).await?;
         }
-        if full {
-            // The last day may go on past this read: take it whole, now or on the next round.
-            let (last_day, _) = by_day.pop().expect("a full read has a day");
-            if by_day.is_empty() {
-                let whole = DayRange {
-                    max: Some(last_day),
-                    min: Some(last_day),
-                };
-                by_day.push((
-                    last_day,
-                    store.groups(owner, feed, whole, usize::MAX).await?,
-                ));
+        groups.sort_by(|a, b| b.newest_id.cmp(&a.newest_id));
+        for summary in groups {
+            if from.is_some_and(|p| summary.newest_id >= p.newest_id) {
+                continue;
             }
-        }
-        debug_assert_eq!(by_day.first().map(|d| d.0), Some(newest_day));
-        for (day, rows) in by_day {
-            for (newest_id, json) in
-                day_groups(store, owner, grouping, day, rows, scan_time).await?
-            {
-                if from.is_some_and(|p| newest_id >= p.newest_id) {
-                    continue;
-                }
-                if out.len() == limit {
-                    return Ok((out, last.map(|newest_id| GroupPosition { newest_id })));
-                }
-                out.push(json);
-                last = Some(newest_id);
+            if out.len() == limit {
+                return Ok((out, last.map(|newest_id| GroupPosition { newest_id })));
             }
-            max_day = Some(day - 1);
+            last = Some(summary.newest_id.clone());
+            out.push(served(summary)?);
         }
+        max_day = Some(day - 1);
     }
 }
 

@@ -215,6 +215,11 @@ impl Settings {
                 }
                 n => n,
             },
+            pull_threshold: env.parse_or(
+                "FEEDS_PULL_THRESHOLD",
+                "a whole number",
+                fanout_defaults.pull_threshold,
+            )?,
         };
         Ok(Settings {
             store,
@@ -315,7 +320,7 @@ pub fn app(settings: &Settings, backends: &Backends) -> Result<App, SettingsErro
         feeds: Feeds::new(
             backends.store.clone(),
             backends.queue.clone(),
-            settings.fanout.grouping,
+            &settings.fanout,
         ),
         verifier: Arc::new(verifier),
         cursors: CursorCodec::new(secret.as_bytes()),

@@ -33,6 +33,9 @@ pub struct FanoutSettings {
     pub grouping: Grouping,
     /// Activities a flat or aggregated feed keeps; older ones are trimmed away.
     pub max_length: usize,
+    /// An actor with more followers than this is a pulled author: what it posts from then on is
+    /// merged into its followers' feeds when they read, not copied into them.
+    pub pull_threshold: usize,
 }
 
 impl Default for FanoutSettings {
@@ -42,6 +45,7 @@ impl Default for FanoutSettings {
             backfill_limit: 100,
             grouping: Grouping::default(),
             max_length: 1000,
+            pull_threshold: 10_000,
         }
     }
 }
@@ -87,6 +91,13 @@ impl Fanout {
                 after,
             } => {
                 let deliver = matches!(job, FanoutJob::Deliver { .. });
+                if !deliver && after.is_none() {
+                    // A pulled activity is in no timeline (backfills copy none): one delete.
+                    if self.store.get_pulled(actor, activity_id).await?.is_some() {
+                        self.store.delete_pulled(actor, activity_id).await?;
+                        return Ok(());
+                    }
+                }
                 let activity = if deliver {
                     match self.store.get_activity(activity_id).await? {
                         Some(a) => Some(a),
@@ -142,21 +153,52 @@ impl Fanout {
                 if !self.store.is_following(follower, followee).await? {
                     return Ok(());
                 }
+                let limit = self.settings.backfill_limit;
                 let recent = self
                     .store
-                    .user_feed(followee, IdRange::default(), self.settings.backfill_limit)
+                    .user_feed(followee, IdRange::default(), limit)
                     .await?;
-                let entries: Vec<TimelineEntry> = recent
-                    .into_iter()
-                    .map(|a| TimelineEntry {
-                        owner: follower.clone(),
-                        activity: a,
-                    })
-                    .collect();
+                // Pulled activities are merged at read time from `floor` on, as far back as
+                // this backfill reaches; the others are copied.
+                let mut entries: Vec<TimelineEntry> = Vec::with_capacity(recent.len());
+                let pulled_author = self.store.is_pulled_author(followee).await?;
+                let pulled: std::collections::HashSet<String> = match (pulled_author, recent.last())
+                {
+                    (true, Some(oldest)) => {
+                        let range = IdRange {
+                            before: None,
+                            not_before: Some(&oldest.id),
+                        };
+                        self.store
+                            .pulled(followee, range, limit)
+                            .await?
+                            .into_iter()
+                            .map(|a| a.id)
+                            .collect()
+                    }
+                    _ => Default::default(),
+                };
+                let floor = (recent.len() == limit)
+                    .then(|| recent.last().map(|a| a.id.clone()))
+                    .flatten();
+                for a in recent {
+                    if !pulled.contains(&a.id) {
+                        entries.push(TimelineEntry {
+                            owner: follower.clone(),
+                            activity: a,
+                        });
+                    }
+                }
                 self.add(&entries).await?;
+                if pulled_author {
+                    self.store
+                        .put_pulled_followee(follower, followee, floor.as_deref())
+                        .await?;
+                }
                 // An unfollow whose purge ran between the check above and this write left rows
                 // that no purge will see: purge again.
-                if !entries.is_empty() && !self.store.is_following(follower, followee).await? {
+                let wrote = !entries.is_empty() || pulled_author;
+                if wrote && !self.store.is_following(follower, followee).await? {
                     self.queue
                         .send(&[FanoutJob::Purge {
                             follower: follower.clone(),
@@ -173,6 +215,18 @@ impl Fanout {
             } => {
                 if self.store.is_following(follower, followee).await? {
                     return Ok(());
+                }
+                let pulled_rows = before.is_none()
+                    && self
+                        .store
+                        .pulled_followees(follower)
+                        .await?
+                        .iter()
+                        .any(|p| &p.followee == followee);
+                if pulled_rows {
+                    self.store
+                        .delete_pulled_followee(follower, followee)
+                        .await?;
                 }
                 let range = IdRange {
                     before: before.as_deref(),
@@ -203,7 +257,8 @@ impl Fanout {
                 self.remove(&rows).await?;
                 // A follow again whose backfill ran between the check above and this delete lost
                 // its rows: backfill again.
-                if !rows.is_empty() && self.store.is_following(follower, followee).await? {
+                let removed = !rows.is_empty() || pulled_rows;
+                if removed && self.store.is_following(follower, followee).await? {
                     self.queue
                         .send(&[FanoutJob::Backfill {
                             follower: follower.clone(),
@@ -211,6 +266,35 @@ impl Fanout {
                         }])
                         .await?;
                 }
+            }
+            FanoutJob::Adopt { author, after } => {
+                // Its followers are walked only once the mark is visible: a follow after this
+                // walk read its page then sees the mark in its own backfill.
+                if !self.store.is_pulled_author(author).await? {
+                    return Err(FanoutError::Store(StoreError::Unavailable(format!(
+                        "{author} is not marked as a pulled author yet"
+                    ))));
+                }
+                let followers = self
+                    .store
+                    .followers(author, after.as_deref(), chunk)
+                    .await?;
+                if followers.len() == chunk {
+                    let next = followers.last().map(|r| r.user.clone());
+                    self.queue
+                        .send(&[FanoutJob::Adopt {
+                            author: author.clone(),
+                            after: next,
+                        }])
+                        .await?;
+                }
+                let owners: Vec<String> = followers.into_iter().map(|r| r.user).collect();
+                let writes = owners
+                    .iter()
+                    .map(|owner| self.store.put_pulled_followee(owner, author, None));
+                futures::future::try_join_all(writes).await?;
+                self.purge_unfollowed(author, after.as_deref(), owners)
+                    .await?;
             }
         }
         Ok(())

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::aggregate::{self, GroupPosition, Grouping};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::fanout::FanoutSettings;
 use crate::model::{
     check_user_id, truncate_to_micros, Activity, ActivityId, FollowEdge, FollowRequest,
     NewActivity, Relation, ValidationError,
@@ -25,6 +26,7 @@ pub struct Feeds {
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     grouping: Grouping,
+    pull_threshold: usize,
 }
 
 /// What `GET /health` reports: each dependency, reachable or not.
@@ -34,11 +36,12 @@ pub struct Health {
 }
 
 impl Feeds {
-    pub fn new(store: Arc<dyn Store>, queue: Arc<dyn Queue>, grouping: Grouping) -> Self {
+    pub fn new(store: Arc<dyn Store>, queue: Arc<dyn Queue>, settings: &FanoutSettings) -> Self {
         Feeds {
             store,
             queue,
-            grouping,
+            grouping: settings.grouping,
+            pull_threshold: settings.pull_threshold,
         }
     }
 
@@ -116,24 +119,73 @@ impl Feeds {
             "only the actor (or a feeds:admin service) may post its activities",
         )?;
         let (stored, created) = self.store.put_activity(&activity).await?;
-        let job = FanoutJob::Deliver {
-            activity_id: stored.id.clone(),
-            actor: stored.actor.clone(),
-            after: None,
-        };
-        // Enqueued on a repeat too: the first attempt may have stored the activity and then failed
-        // to enqueue.
-        if let Err(e) = self.queue.send(&[job]).await {
-            if created {
-                // Without its fan-out the activity must not stay: the client's retry stores it again.
-                if let Err(undo) = self.store.delete_activity(&stored).await {
-                    tracing::error!(activity_id = %stored.id, error = %undo, "cannot undo an activity whose fan-out was not enqueued");
-                }
+        // Fanned out or pulled: decided once, for a new activity; a repeat finds the record. Done
+        // on a repeat too: the first attempt may have stored the activity and then failed.
+        let delivered = async {
+            let pulled = match created {
+                true => self.pulls(&stored.actor).await?,
+                false => self
+                    .store
+                    .get_pulled(&stored.actor, &stored.id)
+                    .await?
+                    .is_some(),
+            };
+            if pulled {
+                self.store.put_pulled(&stored).await?;
+            } else {
+                let job = FanoutJob::Deliver {
+                    activity_id: stored.id.clone(),
+                    actor: stored.actor.clone(),
+                    after: None,
+                };
+                self.queue.send(&[job]).await?;
             }
-            return Err(e.into());
-        }
-        tracing::info!(activity_id = %stored.id, actor = %stored.actor, created, "activity posted");
+            Ok::<bool, Error>(pulled)
+        };
+        let pulled = match delivered.await {
+            Ok(pulled) => pulled,
+            Err(e) => {
+                if created {
+                    // Undelivered, the activity must not stay: the client's retry stores it again.
+                    if let Err(undo) = self.store.delete_activity(&stored).await {
+                        tracing::error!(activity_id = %stored.id, error = %undo, "cannot undo an activity that was not delivered");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(activity_id = %stored.id, actor = %stored.actor, created, pulled, "activity posted");
         Ok((stored, created))
+    }
+
+    /// Whether what `actor` posts now is pulled: it is a pulled author, or has just become one by
+    /// having more than the threshold's followers. Its followers are told (a chunked job) before
+    /// it is marked, so that a retry after a failure tells them again.
+    async fn pulls(&self, actor: &str) -> Result<bool> {
+        if self.store.is_pulled_author(actor).await? {
+            return Ok(true);
+        }
+        let threshold = self.pull_threshold;
+        let some = self
+            .store
+            .followers(actor, None, threshold.saturating_add(1))
+            .await?;
+        if some.len() <= threshold {
+            return Ok(false);
+        }
+        self.queue
+            .send(&[FanoutJob::Adopt {
+                author: actor.to_owned(),
+                after: None,
+            }])
+            .await?;
+        self.store.mark_pulled_author(actor).await?;
+        tracing::info!(
+            actor,
+            followers_over = threshold,
+            "actor became a pulled author"
+        );
+        Ok(true)
     }
 
     /// Enqueues the activity's removal from every feed, then deletes it.
@@ -167,7 +219,29 @@ impl Feeds {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Activity>> {
-        Ok(self.store.timeline(owner, range(before), limit).await?)
+        let (rows, pulled) = tokio::try_join!(
+            self.store.timeline(owner, range(before), limit),
+            self.store.pulled_followees(owner)
+        )?;
+        if pulled.is_empty() {
+            return Ok(rows);
+        }
+        // The pulled authors' activities merged in, each from its floor on.
+        let reads = pulled.iter().map(|p| {
+            let range = IdRange {
+                before,
+                not_before: p.floor.as_deref(),
+            };
+            self.store.pulled(&p.followee, range, limit)
+        });
+        let mut all = rows;
+        for list in futures::future::try_join_all(reads).await? {
+            all.extend(list);
+        }
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        all.dedup_by(|a, b| a.id == b.id);
+        all.truncate(limit);
+        Ok(all)
     }
 
     /// `user`'s own activities, newest first, ids before `before`.

@@ -13,7 +13,8 @@ use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{
-    DayRange, GroupRef, GroupWrite, IdRange, Store, StoreError, StoredGroup, TimelineEntry,
+    DayRange, GroupRef, GroupWrite, IdRange, PulledFollowee, Store, StoreError, StoredGroup,
+    TimelineEntry,
 };
 use feeds_testkit::wait::drain_embedded;
 use serde_json::Value;
@@ -177,6 +178,45 @@ impl Store for GatedStore {
         self.inner
             .put_groups(owner, feed, day, writes, as_of_us)
             .await
+    }
+    async fn is_pulled_author(&self, actor: &str) -> Result<bool, StoreError> {
+        self.inner.is_pulled_author(actor).await
+    }
+    async fn mark_pulled_author(&self, actor: &str) -> Result<(), StoreError> {
+        self.inner.mark_pulled_author(actor).await
+    }
+    async fn put_pulled(&self, activity: &Activity) -> Result<(), StoreError> {
+        self.inner.put_pulled(activity).await
+    }
+    async fn get_pulled(&self, actor: &str, id: &str) -> Result<Option<Activity>, StoreError> {
+        self.inner.get_pulled(actor, id).await
+    }
+    async fn delete_pulled(&self, actor: &str, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_pulled(actor, id).await
+    }
+    async fn pulled(
+        &self,
+        actor: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        self.inner.pulled(actor, range, limit).await
+    }
+    async fn put_pulled_followee(
+        &self,
+        user: &str,
+        followee: &str,
+        floor: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.pass("put_pulled_followee").await;
+        self.inner.put_pulled_followee(user, followee, floor).await
+    }
+    async fn delete_pulled_followee(&self, user: &str, followee: &str) -> Result<(), StoreError> {
+        self.pass("delete_pulled_followee").await;
+        self.inner.delete_pulled_followee(user, followee).await
+    }
+    async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError> {
+        self.inner.pulled_followees(user).await
     }
 }
 
@@ -557,4 +597,118 @@ async fn delivery_that_read_the_followers_before_an_unfollow_leaves_nothing_behi
     );
     s.assert_groups_agree("fan").await;
     s.assert_groups_agree("friend").await;
+}
+
+/// The star as a pulled author with one pulled activity.
+async fn pulled_star(s: &Setup) -> Activity {
+    s.store.mark_pulled_author("star").await.unwrap();
+    let a = s.post("star", 5).await;
+    s.store.put_pulled(&a).await.unwrap();
+    a
+}
+
+impl Setup {
+    /// `owner`'s flat feed as the service reads it: the timeline with pulled authors merged in.
+    async fn flat(&self, owner: &str) -> Vec<String> {
+        let feeds = feeds::service::Feeds::new(
+            self.store.clone(),
+            Arc::new(self.queue.clone()),
+            &FanoutSettings::default(),
+        );
+        feeds
+            .flat(owner, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn adopt_that_read_the_followers_before_an_unfollow_leaves_nothing_behind() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    s.follow("friend", "star").await;
+    let a = pulled_star(&s).await;
+    let adopt = FanoutJob::Adopt {
+        author: "star".into(),
+        after: None,
+    };
+    // The adoption has read the followers (both); it is about to record them.
+    let (task, release) = s.start_paused("put_pulled_followee", adopt).await;
+    s.store.unfollow("fan", "star").await.unwrap();
+    s.run(FanoutJob::Purge {
+        follower: "fan".into(),
+        followee: "star".into(),
+        before: None,
+    })
+    .await;
+    release.send(()).unwrap();
+    task.await.unwrap();
+    drain_embedded(&s.queue, &s.fanout).await;
+    assert!(
+        s.flat("fan").await.is_empty(),
+        "{} reached an ex-follower",
+        a.id
+    );
+    assert_eq!(s.flat("friend").await, [a.id]);
+}
+
+#[tokio::test]
+async fn backfill_of_a_pulled_author_that_saw_the_edge_before_an_unfollow_leaves_nothing_behind() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    let a = pulled_star(&s).await;
+    let backfill = FanoutJob::Backfill {
+        follower: "fan".into(),
+        followee: "star".into(),
+    };
+    let (task, release) = s.start_paused("put_pulled_followee", backfill).await;
+    s.store.unfollow("fan", "star").await.unwrap();
+    s.run(FanoutJob::Purge {
+        follower: "fan".into(),
+        followee: "star".into(),
+        before: None,
+    })
+    .await;
+    release.send(()).unwrap();
+    task.await.unwrap();
+    drain_embedded(&s.queue, &s.fanout).await;
+    assert!(
+        s.flat("fan").await.is_empty(),
+        "{} stays for an ex-follower",
+        a.id
+    );
+}
+
+#[tokio::test]
+async fn purge_that_overlapped_a_follow_again_of_a_pulled_author_leaves_the_feed_whole() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    let a = pulled_star(&s).await;
+    let backfill = FanoutJob::Backfill {
+        follower: "fan".into(),
+        followee: "star".into(),
+    };
+    s.run(backfill.clone()).await;
+    assert_eq!(s.flat("fan").await, [a.id.clone()]);
+    s.store.unfollow("fan", "star").await.unwrap();
+    let purge = FanoutJob::Purge {
+        follower: "fan".into(),
+        followee: "star".into(),
+        before: None,
+    };
+    // The purge has checked the edge (gone); it is about to forget the pulled author.
+    let (task, release) = s.start_paused("delete_pulled_followee", purge).await;
+    s.follow("fan", "star").await;
+    s.run(backfill).await;
+    release.send(()).unwrap();
+    task.await.unwrap();
+    drain_embedded(&s.queue, &s.fanout).await;
+    assert_eq!(
+        s.flat("fan").await,
+        [a.id],
+        "the follower lost a pulled author it follows"
+    );
 }

@@ -4,7 +4,8 @@
 use chrono::{Duration, Utc};
 use feeds::model::{parse_time, Activity, ActivityId, FollowEdge};
 use feeds::store::{
-    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, Store, StoredGroup, TimelineEntry,
+    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, PulledFollowee, Store, StoredGroup,
+    TimelineEntry,
 };
 
 use crate::unique;
@@ -31,6 +32,7 @@ pub async fn run(store: &dyn Store) {
     timelines_are_sorted_sliced_and_idempotent(store).await;
     timelines_are_looked_up_counted_and_trimmed(store).await;
     groups_keep_the_latest_mark_and_the_latest_scan(store).await;
+    pulled_authors_activities_and_followees_are_kept(store).await;
 }
 
 async fn follow_edges_are_idempotent_and_listed_in_order(store: &dyn Store) {
@@ -329,6 +331,7 @@ async fn groups_keep_the_latest_mark_and_the_latest_scan(store: &dyn Store) {
     let summary = |id: &str, json: &str| GroupSummary {
         newest_id: id.to_owned(),
         json: json.to_owned(),
+        actors_newest: format!("[\"{id}\"]"),
     };
     // Marks: a group without a row gets one, stale; a group keeps its latest mark.
     store
@@ -452,4 +455,75 @@ async fn all_groups(store: &dyn Store, owner: &str) -> Vec<StoredGroup> {
         .groups(owner, "verb_day", DayRange::default(), 100)
         .await
         .unwrap()
+}
+
+async fn pulled_authors_activities_and_followees_are_kept(store: &dyn Store) {
+    let star = unique("star");
+    assert!(!store.is_pulled_author(&star).await.unwrap());
+    store.mark_pulled_author(&star).await.unwrap();
+    store.mark_pulled_author(&star).await.unwrap();
+    assert!(
+        store.is_pulled_author(&star).await.unwrap(),
+        "marked, idempotently"
+    );
+
+    let acts: Vec<Activity> = (1..=4)
+        .map(|i| activity(&star, &format!("2026-11-0{i}T10:00:00Z"), None))
+        .collect();
+    for a in &acts {
+        store.put_pulled(a).await.unwrap();
+    }
+    store.put_pulled(&acts[0]).await.unwrap();
+    assert_eq!(
+        store.get_pulled(&star, &acts[2].id).await.unwrap().as_ref(),
+        Some(&acts[2])
+    );
+    let ids = |list: Vec<Activity>| list.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    let range = IdRange {
+        before: Some(&acts[3].id),
+        not_before: Some(&acts[1].id),
+    };
+    assert_eq!(
+        ids(store.pulled(&star, range, 10).await.unwrap()),
+        [acts[2].id.clone(), acts[1].id.clone()],
+        "newest first, within the range"
+    );
+    store.delete_pulled(&star, &acts[2].id).await.unwrap();
+    assert_eq!(store.get_pulled(&star, &acts[2].id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .pulled(&star, IdRange::default(), 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let fan = unique("fan");
+    assert_eq!(store.pulled_followees(&fan).await.unwrap(), []);
+    store
+        .put_pulled_followee(&fan, &star, Some(&acts[1].id))
+        .await
+        .unwrap();
+    store
+        .put_pulled_followee(&fan, "another", None)
+        .await
+        .unwrap();
+    store.put_pulled_followee(&fan, &star, None).await.unwrap();
+    let mut followees = store.pulled_followees(&fan).await.unwrap();
+    followees.sort_by(|a, b| a.followee.cmp(&b.followee));
+    let mut expected = vec![
+        PulledFollowee {
+            followee: star.clone(),
+            floor: None,
+        },
+        PulledFollowee {
+            followee: "another".into(),
+            floor: None,
+        },
+    ];
+    expected.sort_by(|a, b| a.followee.cmp(&b.followee));
+    assert_eq!(followees, expected, "the latest floor wins");
+    store.delete_pulled_followee(&fan, "another").await.unwrap();
+    assert_eq!(store.pulled_followees(&fan).await.unwrap().len(), 1);
 }

@@ -27,6 +27,11 @@ pub enum FanoutJob {
         followee: String,
         before: Option<String>,
     },
+    /// `author` became a pulled author: its followers after `after` merge its pulled activities.
+    Adopt {
+        author: String,
+        after: Option<String>,
+    },
 }
 
 impl FanoutJob {

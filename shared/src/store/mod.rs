@@ -42,6 +42,14 @@ pub struct GroupRef {
     pub key: String,
 }
 
+/// A pulled author someone follows, and the oldest of its pulled activities that person sees
+/// (`None`: all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledFollowee {
+    pub followee: String,
+    pub floor: Option<String>,
+}
+
 /// Days of an aggregated feed, both ends included; `None` is unbounded.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DayRange {
@@ -55,6 +63,9 @@ pub struct DayRange {
 pub struct GroupSummary {
     pub newest_id: String,
     pub json: String,
+    /// The newest activity id of each of the group's actors, in the order of its `actors`, as a
+    /// JSON array: what merging pulled activities into the group needs.
+    pub actors_newest: String,
 }
 
 /// A stored group row. It is stale when something touched the group (`dirty_us`) after the scan
@@ -178,4 +189,30 @@ pub trait Store: Send + Sync + 'static {
         writes: &[GroupWrite],
         as_of_us: i64,
     ) -> Result<(), StoreError>;
+
+    /// Whether `actor` is a pulled author: marked once, for good.
+    async fn is_pulled_author(&self, actor: &str) -> Result<bool, StoreError>;
+    async fn mark_pulled_author(&self, actor: &str) -> Result<(), StoreError>;
+    /// Records `activity` as pulled: merged into its actor's followers' feeds when they read.
+    async fn put_pulled(&self, activity: &Activity) -> Result<(), StoreError>;
+    /// The pulled activity `id` of `actor`, if it is one.
+    async fn get_pulled(&self, actor: &str, id: &str) -> Result<Option<Activity>, StoreError>;
+    async fn delete_pulled(&self, actor: &str, id: &str) -> Result<(), StoreError>;
+    /// `actor`'s pulled activities, newest first.
+    async fn pulled(
+        &self,
+        actor: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError>;
+    /// `user` sees `followee`'s pulled activities from `floor` on (all when `None`).
+    async fn put_pulled_followee(
+        &self,
+        user: &str,
+        followee: &str,
+        floor: Option<&str>,
+    ) -> Result<(), StoreError>;
+    async fn delete_pulled_followee(&self, user: &str, followee: &str) -> Result<(), StoreError>;
+    /// The pulled authors `user` follows.
+    async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError>;
 }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, Store, StoreError, StoredGroup,
-    TimelineEntry,
+    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, PulledFollowee, Store, StoreError,
+    StoredGroup, TimelineEntry,
 };
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 
@@ -32,9 +32,17 @@ CREATE TABLE IF NOT EXISTS timeline (
     PRIMARY KEY (owner, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS feed_groups (
     owner TEXT NOT NULL, feed TEXT NOT NULL, day INTEGER NOT NULL, group_key TEXT NOT NULL,
-    newest_id TEXT, json TEXT, clean_us INTEGER NOT NULL DEFAULT 0,
+    newest_id TEXT, json TEXT, actors_newest TEXT, clean_us INTEGER NOT NULL DEFAULT 0,
     dirty_us INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, feed, day, group_key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pulled_authors (actor TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pulled_activities (
+    actor TEXT NOT NULL, id TEXT NOT NULL, verb TEXT NOT NULL, object TEXT NOT NULL, target TEXT,
+    time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT,
+    PRIMARY KEY (actor, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pulled_followees (
+    user TEXT NOT NULL, followee TEXT NOT NULL, floor TEXT,
+    PRIMARY KEY (user, followee)) WITHOUT ROWID;
 ";
 
 const ACTIVITY_COLUMNS: &str = "id, actor, verb, object, target, time_us, foreign_id, extra";
@@ -446,19 +454,23 @@ impl Store for SqliteStore {
         self.db
             .run(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT day, group_key, newest_id, json, clean_us, dirty_us FROM feed_groups \
+                    "SELECT day, group_key, newest_id, json, clean_us, dirty_us, actors_newest \
+                     FROM feed_groups \
                      WHERE owner = ?1 AND feed = ?2 AND day <= ?3 AND day >= ?4 \
                      ORDER BY day DESC, group_key LIMIT ?5",
                 )?;
                 let rows = stmt.query_map(params![owner, feed, max, min, limit], |row| {
                     let newest_id: Option<String> = row.get(2)?;
                     let json: Option<String> = row.get(3)?;
+                    let actors_newest: Option<String> = row.get(6)?;
                     Ok(StoredGroup {
                         day: row.get(0)?,
                         key: row.get(1)?,
-                        summary: newest_id
-                            .zip(json)
-                            .map(|(newest_id, json)| GroupSummary { newest_id, json }),
+                        summary: newest_id.zip(json).map(|(newest_id, json)| GroupSummary {
+                            newest_id,
+                            json,
+                            actors_newest: actors_newest.unwrap_or_default(),
+                        }),
                         clean_us: row.get(4)?,
                         dirty_us: row.get(5)?,
                     })
@@ -505,21 +517,159 @@ impl Store for SqliteStore {
                     // empty group keeps its row (no summary) so that an earlier scan's summary
                     // cannot come back over it.
                     let mut put = tx.prepare_cached(
-                        "INSERT INTO feed_groups (owner, feed, day, group_key, newest_id, json, clean_us) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO UPDATE \
+                        "INSERT INTO feed_groups (owner, feed, day, group_key, newest_id, json, clean_us, actors_newest) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO UPDATE \
                          SET newest_id = excluded.newest_id, json = excluded.json, \
-                             clean_us = excluded.clean_us \
+                             clean_us = excluded.clean_us, actors_newest = excluded.actors_newest \
                          WHERE feed_groups.clean_us < excluded.clean_us",
                     )?;
                     for w in &writes {
-                        let (newest_id, json) = match &w.summary {
-                            Some(s) => (Some(&s.newest_id), Some(&s.json)),
-                            None => (None, None),
+                        let (newest_id, json, actors) = match &w.summary {
+                            Some(s) => (Some(&s.newest_id), Some(&s.json), Some(&s.actors_newest)),
+                            None => (None, None, None),
                         };
-                        put.execute(params![owner, feed, day, w.key, newest_id, json, as_of_us])?;
+                        put.execute(params![
+                            owner, feed, day, w.key, newest_id, json, as_of_us, actors
+                        ])?;
                     }
                 }
                 tx.commit()
+            })
+            .await
+    }
+
+    async fn is_pulled_author(&self, actor: &str) -> Result<bool, StoreError> {
+        let actor = actor.to_owned();
+        self.db
+            .run(move |c| {
+                c.query_row(
+                    "SELECT 1 FROM pulled_authors WHERE actor = ?1",
+                    params![actor],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map(|found| found.is_some())
+            })
+            .await
+    }
+
+    async fn mark_pulled_author(&self, actor: &str) -> Result<(), StoreError> {
+        let actor = actor.to_owned();
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "INSERT OR IGNORE INTO pulled_authors (actor) VALUES (?1)",
+                    params![actor],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn put_pulled(&self, activity: &Activity) -> Result<(), StoreError> {
+        let a = activity.clone();
+        self.db
+            .run(move |c| {
+                c.execute(
+                    &format!("INSERT OR IGNORE INTO pulled_activities ({ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                    params![a.id, a.actor, a.verb, a.object, a.target, a.time.timestamp_micros(), a.foreign_id, extra_text(&a)],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn get_pulled(&self, actor: &str, id: &str) -> Result<Option<Activity>, StoreError> {
+        let (actor, id) = (actor.to_owned(), id.to_owned());
+        self.db
+            .run(move |c| {
+                c.query_row(
+                    &format!(
+                        "SELECT {ACTIVITY_COLUMNS} FROM pulled_activities WHERE actor = ?1 AND id = ?2"
+                    ),
+                    params![actor, id],
+                    activity_from_row,
+                )
+                .optional()
+            })
+            .await
+    }
+
+    async fn delete_pulled(&self, actor: &str, id: &str) -> Result<(), StoreError> {
+        let (actor, id) = (actor.to_owned(), id.to_owned());
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "DELETE FROM pulled_activities WHERE actor = ?1 AND id = ?2",
+                    params![actor, id],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn pulled(
+        &self,
+        actor: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        const SQL: &str =
+            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra FROM pulled_activities \
+            WHERE actor = ?1 AND id < ?2 AND id >= ?3 ORDER BY id DESC LIMIT ?4";
+        self.activities(SQL, actor, range, limit).await
+    }
+
+    async fn put_pulled_followee(
+        &self,
+        user: &str,
+        followee: &str,
+        floor: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (user, followee, floor) = (
+            user.to_owned(),
+            followee.to_owned(),
+            floor.map(str::to_owned),
+        );
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "INSERT INTO pulled_followees (user, followee, floor) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT DO UPDATE SET floor = excluded.floor",
+                    params![user, followee, floor],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn delete_pulled_followee(&self, user: &str, followee: &str) -> Result<(), StoreError> {
+        let (user, followee) = (user.to_owned(), followee.to_owned());
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "DELETE FROM pulled_followees WHERE user = ?1 AND followee = ?2",
+                    params![user, followee],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError> {
+        let user = user.to_owned();
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT followee, floor FROM pulled_followees WHERE user = ?1 ORDER BY followee",
+                )?;
+                let rows = stmt.query_map(params![user], |row| {
+                    Ok(PulledFollowee {
+                        followee: row.get(0)?,
+                        floor: row.get(1)?,
+                    })
+                })?;
+                rows.collect()
             })
             .await
     }

@@ -196,6 +196,9 @@ mod tests {
                 "activity_foreign_ids",
                 "timeline",
                 "feed_groups",
+                "pulled_authors",
+                "pulled_activities",
+                "pulled_followees",
                 "followers",
                 "following"
             ]

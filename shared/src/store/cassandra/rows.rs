@@ -85,6 +85,7 @@ pub(super) struct GroupRow {
     pub(super) newest_id: Option<String>,
     pub(super) json: Option<String>,
     pub(super) clean_us: Option<i64>,
+    pub(super) actors_newest: Option<String>,
     pub(super) dirty_us: Option<i64>,
 }
 
@@ -96,11 +97,21 @@ impl GroupRow {
             summary: self
                 .newest_id
                 .zip(self.json)
-                .map(|(newest_id, json)| GroupSummary { newest_id, json }),
+                .map(|(newest_id, json)| GroupSummary {
+                    newest_id,
+                    json,
+                    actors_newest: self.actors_newest.unwrap_or_default(),
+                }),
             clean_us: self.clean_us.unwrap_or(0),
             dirty_us: self.dirty_us.unwrap_or(0),
         }
     }
+}
+
+#[derive(scylla::DeserializeRow)]
+pub(super) struct PulledFolloweeRow {
+    pub(super) followee: String,
+    pub(super) floor: Option<String>,
 }
 
 #[derive(scylla::DeserializeRow)]

@@ -17,14 +17,15 @@ use scylla::value::Row;
 use super::errors::store_error;
 use super::rows::{
     activity_values, ActivityRow, AppliedRow, CasRow, CreatedRow, EdgeCasRow, EdgeState,
-    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, SwapCasRow,
-    ACTIVITY_COLUMNS,
+    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, PulledFolloweeRow,
+    SwapCasRow, ACTIVITY_COLUMNS,
 };
 use super::session::LiveSession;
 use super::CassandraConfig;
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 use crate::store::{
-    DayRange, GroupRef, GroupWrite, IdRange, Store, StoreError, StoredGroup, TimelineEntry,
+    DayRange, GroupRef, GroupWrite, IdRange, PulledFollowee, Store, StoreError, StoredGroup,
+    TimelineEntry,
 };
 
 /// How many rows or writes are in flight at once for one `insert_timeline` / `delete_timeline`.
@@ -87,6 +88,15 @@ struct Statements {
     groups_page: PreparedStatement,
     group_put: PreparedStatement,
     groups_drop: PreparedStatement,
+    pulled_author_get: PreparedStatement,
+    pulled_author_mark: PreparedStatement,
+    pulled_insert: PreparedStatement,
+    pulled_get: PreparedStatement,
+    pulled_delete: PreparedStatement,
+    pulled_page: PreparedStatement,
+    pulled_followee_put: PreparedStatement,
+    pulled_followee_delete: PreparedStatement,
+    pulled_followees: PreparedStatement,
 }
 
 pub struct CassandraStore {
@@ -131,9 +141,18 @@ impl CassandraStore {
             prepare(s, format!("SELECT id FROM {ks}.timeline WHERE owner = ? LIMIT ?"), true),
             prepare(s, format!("DELETE FROM {ks}.timeline WHERE owner = ? AND id <= ?"), true),
             prepare(s, format!("UPDATE {ks}.feed_groups USING TIMESTAMP ? SET dirty_us = ? WHERE owner = ? AND feed = ? AND day = ? AND group_key = ?"), true),
-            prepare(s, format!("SELECT day, group_key, newest_id, json, clean_us, dirty_us FROM {ks}.feed_groups WHERE owner = ? AND feed = ? AND day <= ? AND day >= ? LIMIT ?"), true),
-            prepare(s, format!("UPDATE {ks}.feed_groups USING TIMESTAMP ? SET newest_id = ?, json = ?, clean_us = ? WHERE owner = ? AND feed = ? AND day = ? AND group_key = ?"), true),
+            prepare(s, format!("SELECT day, group_key, newest_id, json, clean_us, dirty_us, actors_newest FROM {ks}.feed_groups WHERE owner = ? AND feed = ? AND day <= ? AND day >= ? LIMIT ?"), true),
+            prepare(s, format!("UPDATE {ks}.feed_groups USING TIMESTAMP ? SET newest_id = ?, json = ?, actors_newest = ?, clean_us = ? WHERE owner = ? AND feed = ? AND day = ? AND group_key = ?"), true),
             prepare(s, format!("DELETE FROM {ks}.feed_groups USING TIMESTAMP ? WHERE owner = ? AND feed = ? AND day < ?"), true),
+            prepare(s, format!("SELECT actor FROM {ks}.pulled_authors WHERE actor = ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.pulled_authors (actor, marked_us) VALUES (?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.pulled_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.pulled_activities WHERE actor = ? AND id = ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.pulled_activities WHERE actor = ? AND id = ?"), true),
+            prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.pulled_activities WHERE actor = ? AND id < ? AND id >= ? LIMIT ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.pulled_followees (user, followee, floor) VALUES (?, ?, ?)"), true),
+            prepare(s, format!("DELETE FROM {ks}.pulled_followees WHERE user = ? AND followee = ?"), true),
+            prepare(s, format!("SELECT followee, floor FROM {ks}.pulled_followees WHERE user = ?"), true),
         )?;
         let st = Statements {
             health: st.0,
@@ -164,6 +183,15 @@ impl CassandraStore {
             groups_page: st.25,
             group_put: st.26,
             groups_drop: st.27,
+            pulled_author_get: st.28,
+            pulled_author_mark: st.29,
+            pulled_insert: st.30,
+            pulled_get: st.31,
+            pulled_delete: st.32,
+            pulled_page: st.33,
+            pulled_followee_put: st.34,
+            pulled_followee_delete: st.35,
+            pulled_followees: st.36,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -827,14 +855,19 @@ impl Store for CassandraStore {
         let writes: Vec<_> = writes
             .iter()
             .map(|w| {
-                let (newest_id, json) = match &w.summary {
-                    Some(s) => (Some(s.newest_id.as_str()), Some(s.json.as_str())),
-                    None => (None, None),
+                let (newest_id, json, actors) = match &w.summary {
+                    Some(s) => (
+                        Some(s.newest_id.as_str()),
+                        Some(s.json.as_str()),
+                        Some(s.actors_newest.as_str()),
+                    ),
+                    None => (None, None, None),
                 };
                 let values = (
                     as_of_us,
                     newest_id,
                     json,
+                    actors,
                     as_of_us,
                     owner,
                     feed,
@@ -845,6 +878,96 @@ impl Store for CassandraStore {
             })
             .collect();
         run_concurrently(writes).await
+    }
+
+    async fn is_pulled_author(&self, actor: &str) -> Result<bool, StoreError> {
+        let row: Option<(String,)> = self
+            .get_row("is_pulled_author", &self.st.pulled_author_get, (actor,))
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn mark_pulled_author(&self, actor: &str) -> Result<(), StoreError> {
+        self.execute(
+            "mark_pulled_author",
+            &self.st.pulled_author_mark,
+            (actor, now_us()),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn put_pulled(&self, activity: &Activity) -> Result<(), StoreError> {
+        self.execute(
+            "put_pulled",
+            &self.st.pulled_insert,
+            activity_values(activity),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn get_pulled(&self, actor: &str, id: &str) -> Result<Option<Activity>, StoreError> {
+        let row: Option<ActivityRow> = self
+            .get_row("get_pulled", &self.st.pulled_get, (actor, id))
+            .await?;
+        row.map(ActivityRow::into_activity).transpose()
+    }
+
+    async fn delete_pulled(&self, actor: &str, id: &str) -> Result<(), StoreError> {
+        self.execute("delete_pulled", &self.st.pulled_delete, (actor, id))
+            .await
+            .map(drop)
+    }
+
+    async fn pulled(
+        &self,
+        actor: &str,
+        range: IdRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Activity>, StoreError> {
+        self.activities("pulled", &self.st.pulled_page, actor, range, limit)
+            .await
+    }
+
+    async fn put_pulled_followee(
+        &self,
+        user: &str,
+        followee: &str,
+        floor: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let values = (user, followee, floor);
+        self.execute("put_pulled_followee", &self.st.pulled_followee_put, values)
+            .await
+            .map(drop)
+    }
+
+    async fn delete_pulled_followee(&self, user: &str, followee: &str) -> Result<(), StoreError> {
+        self.execute(
+            "delete_pulled_followee",
+            &self.st.pulled_followee_delete,
+            (user, followee),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError> {
+        let rows: Vec<PulledFolloweeRow> = self
+            .get_rows(
+                "pulled_followees",
+                &self.st.pulled_followees,
+                (user,),
+                usize::MAX,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PulledFollowee {
+                followee: r.followee,
+                floor: r.floor,
+            })
+            .collect())
     }
 }
 
