@@ -692,7 +692,7 @@ async fn purge_that_overlapped_a_follow_again_of_a_pulled_author_leaves_the_feed
         followee: "star".into(),
     };
     s.run(backfill.clone()).await;
-    assert_eq!(s.flat("fan").await, [a.id.clone()]);
+    assert_eq!(s.flat("fan").await, std::slice::from_ref(&a.id));
     s.store.unfollow("fan", "star").await.unwrap();
     let purge = FanoutJob::Purge {
         follower: "fan".into(),
