@@ -3,7 +3,9 @@
 # run (and stops afterwards only what it started), builds the release binaries, runs every workload
 # of feeds-bench, then Stream-Framework (the peer), prints the tables, writes the results as JSON and
 # the plots as PNG, and records them with the machine, the commands and the date.
-#   scripts/bench.sh           full run (~25 min on 2 cores): bench/results/ and BENCHMARKS.md
+#   scripts/bench.sh           full run (~25 min on 2 cores before workloads 3b and 3c, whose set-ups
+#                              add 24,000 deliveries, half on SQLite, and 100,000): bench/results/
+#                              and BENCHMARKS.md
 #   scripts/bench.sh --tiny    smoke check (N = 100, few repetitions; no Stream-Framework, no sam):
 #                              everything in target/bench-tiny/, BENCHMARKS.md untouched
 # Release builds go to target/bench/ with thin LTO and 8 codegen units (the workspace profile's fat
