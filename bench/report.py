@@ -19,7 +19,12 @@ BEGIN = "<!-- results:begin (written by bench/report.py from bench/results/*.jso
 END = "<!-- results:end -->"
 
 TARGET_FANOUT_RATIO = 0.70
-TARGET_READ_RATIO = 1.3
+# Read p50 against the raw 25-row read of the same store: flat, aggregated.
+TARGET_READ_RATIO = {"flat": 1.3, "aggregated": 1.5}
+# SQLite read p50 against the raw read plus a bare HTTP round trip of the same page.
+TARGET_HTTP_FLOOR_RATIO = 1.5
+# Aggregated read p50 of a busy day (10,000 activities today) against a quiet one (100).
+TARGET_BUSY_RATIO = 1.2
 TARGET_PEER_RATIO = 10.0
 TARGET_INIT_MS = 30.0
 TARGET_BOOTSTRAP_BYTES = 10_000_000
@@ -106,6 +111,13 @@ def main():
                 ["build", f"{env.get('build', '—')}, {env.get('build_seconds', '—')} s"],
                 ["commit", env.get("git", "—")],
                 ["wall time", f"{args.seconds} s" if args.seconds is not None else "—"],
+                [
+                    "feeds-bench workloads",
+                    ", ".join(
+                        f"{k} {v:.0f} s" for k, v in ours.get("meta", {}).get("workload_seconds", {}).items()
+                    )
+                    or "—",
+                ],
             ],
         )
     )
@@ -308,15 +320,17 @@ def main():
 
     # ---- 3. reads
     def reads_section(reads, store, peer_reads=None):
+        """Against the raw read (Cassandra), or against the raw read plus a bare HTTP round trip
+        of the same page (SQLite, whose raw read alone is far below any HTTP request)."""
         by = {(r["endpoint"], r["concurrency"]): r for r in reads}
         pby = {(r["endpoint"], r["concurrency"]): r for r in (peer_reads or [])}
+        with_bare = any(e.startswith("bare_") for e, _ in by)
         rows = []
         for (endpoint, c), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            if endpoint == "raw":
+            if endpoint == "raw" or endpoint.startswith("bare_"):
                 continue
             raw = by.get(("raw", c))
             ratio = r["p50_ms"]["median"] / raw["p50_ms"]["median"] if raw else float("nan")
-            ok = ratio <= TARGET_READ_RATIO
             row = [
                 endpoint,
                 c,
@@ -327,8 +341,32 @@ def main():
                 spread(raw["p50_ms"]) if raw else "—",
                 spread(raw["p99_ms"]) if raw else "—",
                 f"{ratio:.2f}×",
-                verdict(ok),
             ]
+            if with_bare:
+                bare = by.get((f"bare_{endpoint}", c))
+                floor = raw["p50_ms"]["median"] + bare["p50_ms"]["median"] if raw and bare else float("nan")
+                floor_ratio = r["p50_ms"]["median"] / floor
+                ok = floor_ratio <= TARGET_HTTP_FLOOR_RATIO
+                bare_p50 = "—"
+                if bare:
+                    size = bare.get("page_bytes")
+                    bare_p50 = spread(bare["p50_ms"]) + (f" ({size:,} bytes)" if size else "")
+                row += [bare_p50, f"{floor_ratio:.2f}×", verdict(ok)]
+                targets.append(
+                    (
+                        f"read p50 ≤ {TARGET_HTTP_FLOOR_RATIO}× (raw read + bare HTTP round trip), "
+                        f"{store} {endpoint}, concurrency {c}",
+                        f"{floor_ratio:.2f}×",
+                        ok,
+                    )
+                )
+            else:
+                target = TARGET_READ_RATIO.get(endpoint, TARGET_READ_RATIO["flat"])
+                ok = ratio <= target
+                row += [f"{verdict(ok)} (≤ {target}×)"]
+                targets.append(
+                    (f"read p50 ≤ {target}× the raw read, {store} {endpoint}, concurrency {c}", f"{ratio:.2f}×", ok)
+                )
             if peer_reads is not None:
                 p = pby.get((endpoint, c))
                 row += (
@@ -337,9 +375,6 @@ def main():
                     else ["—", "—", "—"]
                 )
             rows.append(row)
-            targets.append(
-                (f"read p50 ≤ 1.3× the raw read, {store} {endpoint}, concurrency {c}", f"{ratio:.2f}×", ok)
-            )
         header = [
             "endpoint",
             "conc.",
@@ -350,8 +385,15 @@ def main():
             "raw p50",
             "raw p99",
             "p50 / raw p50",
-            "target ≤ 1.3×",
         ]
+        if with_bare:
+            header += [
+                "bare HTTP p50",
+                "p50 / (raw p50 + bare p50)",
+                f"target ≤ {TARGET_HTTP_FLOOR_RATIO}×",
+            ]
+        else:
+            header += ["target (flat ≤ 1.3×, aggregated ≤ 1.5×)"]
         if peer_reads is not None:
             header += ["Stream-Framework req/s", "its p50", "ours / theirs req/s"]
         out = table(header, rows)
@@ -377,11 +419,129 @@ def main():
             f"server (release binary, `FEEDS_STORE=cassandra FEEDS_QUEUE=sqs`), closed loop at each "
             f"concurrency, HTTP/1.1 keep-alive; the reader's timeline holds "
             f"{m.get('reader_timeline_rows')} activities over 30 days (3 verbs a day, so 25 groups "
-            f"span 9 days). Raw: the same driver reading the same 25 rows from the same partition "
-            f"(prepared `SELECT … LIMIT 25`, rows deserialised), at the same concurrency.\n"
+            f"span 9 days), written as the fan-out writes them (the rows, then their groups' marks; "
+            f"feeds bounded at {m.get('feed_max_length', '—')} activities), and the first page of "
+            f"each is checked to hold 25 activities and 25 groups before measuring. Raw: the same "
+            f"driver reading the same 25 rows from the same partition (prepared `SELECT … LIMIT "
+            f"25`, rows deserialised), at the same concurrency.\n"
         )
         md.append(reads_section(reads, "cassandra", (peer or {}).get("reads") if peer else None))
         md.append("\n![reads](bench/results/reads.png)\n" if not tiny else "")
+
+    # ---- 3b. busy day
+    busy = ours.get("busy_day", [])
+    if busy:
+        md = sec("3b")
+        md.append("## 3b. A busy day against a quiet one (aggregated reads)\n")
+        md.append(
+            "Two readers, each following 10 users, set up through the fan-out's own path "
+            "(`Fanout::run` on `deliver` jobs, in process: timeline rows, group marks, trims at "
+            f"{busy[0].get('feed_max_length', '—')} activities): the same earlier days for both, then "
+            "a busy day (its followees posted many activities today, with 25 verbs, so that its "
+            "first page is 25 groups of today) or a quiet one (100 today, 5 verbs: its page spans "
+            "5 days). `GET /feeds/aggregated?limit=25` through the standalone server, closed loop, "
+            "both readers interleaved. The first read after the set-up (every day of the page "
+            "marked) and the first read after each further delivery today (today recomputed from "
+            "one scan) are the cost after a change, shown apart from the steady reads.\n"
+        )
+        set_up, ratios = [], []
+        for b in busy:
+            for r in b["readers"]:
+                set_up.append(
+                    [
+                        b["store"],
+                        r["reader"],
+                        f"{r['today']:,}",
+                        f"{r['history_days']} × {r['history_per_day']}",
+                        r["verbs"],
+                        f"{r['timeline_rows']:,}",
+                        f"{r['page_bytes']:,}",
+                        fmt(r["first_read_ms"]),
+                        spread(r["after_delivery_read_ms"]),
+                    ]
+                )
+            by = {r["reader"]: {x["concurrency"]: x for x in r["reads"]} for r in b["readers"]}
+            for c in sorted(by.get("busy", {})):
+                hot, cold = by["busy"][c], by.get("quiet", {}).get(c)
+                if not cold:
+                    continue
+                ratio = hot["p50_ms"]["median"] / cold["p50_ms"]["median"]
+                ok = ratio <= TARGET_BUSY_RATIO
+                ratios.append(
+                    [
+                        b["store"],
+                        c,
+                        spread(hot["p50_ms"]),
+                        spread(cold["p50_ms"]),
+                        spread(hot["rps"], 0),
+                        spread(cold["rps"], 0),
+                        f"{ratio:.2f}×",
+                        verdict(ok),
+                    ]
+                )
+                targets.append(
+                    (
+                        f"aggregated p50 of a busy day ≤ {TARGET_BUSY_RATIO}× a quiet day's, {b['store']}, concurrency {c}",
+                        f"{ratio:.2f}×",
+                        ok,
+                    )
+                )
+        md.append(
+            table(
+                [
+                    "store",
+                    "reader",
+                    "today",
+                    "earlier days × a day",
+                    "verbs",
+                    "feed rows",
+                    "page bytes",
+                    "first read ms",
+                    "first read after a delivery ms",
+                ],
+                set_up,
+            )
+        )
+        md.append("")
+        md.append(
+            table(
+                ["store", "conc.", "busy p50", "quiet p50", "busy req/s", "quiet req/s", "busy / quiet p50", f"target ≤ {TARGET_BUSY_RATIO}×"],
+                ratios,
+            )
+        )
+        md.append("")
+
+    # ---- 3c. tombstones
+    tomb = ours.get("tombstones")
+    if tomb:
+        md = sec("3c")
+        md.append("## 3c. Tombstones a page reads (Cassandra)\n")
+        md.append(
+            f"{tomb['deliveries']:,} activities (1,000 a day up to now, 10 followees) delivered into "
+            f"one reader's feed by the real path, trimmed at {tomb['feed_max_length']:,} with one "
+            f"range delete now and then; the flat feed then holds {tomb['timeline_rows']:,} "
+            f"activities ({tomb['flat_pages']} pages of 25). Each read below is the statement the "
+            "store runs, executed once with Cassandra's query tracing on; live rows and tombstone "
+            "cells are the node's own count (\"Read N live rows and M tombstone cells\"), sstables "
+            "the ones it merged besides the memtables.\n"
+        )
+        md.append(
+            table(
+                ["read", "rows answered", "live rows read", "tombstone cells read", "sstables merged", "traced µs"],
+                [
+                    [
+                        r["read"],
+                        f"{r['rows']:,}",
+                        f"{r['live_rows']:,}",
+                        f"{r['tombstone_cells']:,}",
+                        "—" if r.get("sstables") is None else r["sstables"],
+                        "—" if r.get("trace_duration_us") is None else f"{r['trace_duration_us']:,}",
+                    ]
+                    for r in tomb["reads"]
+                ],
+            )
+        )
+        md.append("")
 
     # ---- 2. delivery
     dl = ours.get("delivery", [])
@@ -421,10 +581,13 @@ def main():
         md.append("## 5. Embedded default (SQLite)\n")
         md.append(
             "Fan-out through the embedded queue in the same SQLite file, one worker running the "
-            "loop of `Fanout::work_embedded` (as the standalone server does); ceiling: the store's "
+            "loop of `Fanout::work` (as the standalone server does); ceiling: the store's "
             "own `INSERT` for the same rows through rusqlite on the same connection wrapper, 500 "
             "rows a transaction or all in one, the best shown. Reads through the standalone server "
-            "on its default store; raw: the same 25-row `SELECT` through the same wrapper.\n"
+            "on its default store; raw: the same 25-row `SELECT` through the same wrapper; bare "
+            "HTTP: axum (the server's framework) in the benchmark's process on 127.0.0.1 answering "
+            "the very bodies the server answered for these pages, pre-serialised, measured in the "
+            "same run. The target compares our p50 to the raw read's plus the bare round trip's.\n"
         )
         rows = []
         for f in sf:

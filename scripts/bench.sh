@@ -4,7 +4,9 @@
 # of feeds-bench, then Stream-Framework (the peer, with Redis as its Celery broker: started for its run
 # unless already running, and stopped after it if started here), prints the tables, writes the
 # results as JSON and the plots as PNG, and records them with the machine, the commands and the date.
-#   scripts/bench.sh           full run (~25 min on 2 cores): bench/results/ and BENCHMARKS.md
+#   scripts/bench.sh           full run (~25 min on 2 cores before workloads 3b and 3c, whose set-ups
+#                              add 24,000 deliveries, half on SQLite, and 100,000, and before the
+#                              peer's fan-out at 100,000): bench/results/ and BENCHMARKS.md
 #   scripts/bench.sh --tiny    smoke check (N = 100, few repetitions; no Stream-Framework, no sam):
 #                              everything in target/bench-tiny/, BENCHMARKS.md untouched
 # Release builds go to target/bench/ with thin LTO and 8 codegen units (the workspace profile's fat

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use chrono::Utc;
+use feeds::aggregate::Grouping;
 use feeds::config::Backends;
 use feeds::fanout::{Fanout, FanoutSettings};
 use feeds::http::Routes;
@@ -28,7 +29,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::load::{closed_loop, http_client, http_get, RunResult};
+use crate::load::{check_page, closed_loop, http_client, http_get, RunResult};
 use crate::stats::{percentile, sorted, summarize, Summary};
 use crate::{log, Ctx, KEYSPACE};
 
@@ -246,8 +247,27 @@ impl Consumers {
     }
 }
 
+/// The feed length every fan-out in the benchmark trims to (the default of
+/// `FEEDS_FEED_MAX_LENGTH`): the in-process fan-out, the server and the functions all get it.
+pub const FEED_MAX_LENGTH: usize = 1000;
+/// How aggregated feeds group (the default of `FEEDS_AGGREGATE_BY`).
+pub const GROUPING: Grouping = Grouping::VerbDay;
+
 pub fn fanout_settings() -> FanoutSettings {
-    FanoutSettings::default()
+    FanoutSettings {
+        max_length: FEED_MAX_LENGTH,
+        grouping: GROUPING,
+        ..FanoutSettings::default()
+    }
+}
+
+/// The feed settings for a server or function the benchmark starts, so that an environment
+/// variable left set by the caller cannot change what is measured.
+pub fn feed_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("FEEDS_FEED_MAX_LENGTH", FEED_MAX_LENGTH.to_string()),
+        ("FEEDS_AGGREGATE_BY", GROUPING.feed().to_owned()),
+    ]
 }
 
 /// Messages one `Deliver` to `n` followers becomes: every full chunk enqueues the next one.
@@ -630,7 +650,9 @@ pub async fn delivery(ctx: &Ctx, cass: &Cass) -> Result<Vec<DeliveryResult>, Box
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadResult {
     pub store: String,
-    /// `flat`, `aggregated`, or `raw` (the driver reading the same 25 rows).
+    /// `flat`, `aggregated`, `raw` (the driver reading the same 25 rows), `bare_flat` and
+    /// `bare_aggregated` (axum answering those pages pre-serialised), or `aggregated (busy)` and
+    /// `aggregated (quiet)` (workload 3b).
     pub endpoint: String,
     pub concurrency: usize,
     pub runs: usize,
@@ -641,6 +663,9 @@ pub struct ReadResult {
     pub errors: usize,
     /// CPU milliseconds per request, by process, over the measured runs.
     pub cpu_ms_per_request: BTreeMap<String, f64>,
+    /// The body's size, where the workload fixes it (the bare HTTP pages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_bytes: Option<usize>,
 }
 
 pub const READER: &str = "bench_reader";
@@ -673,10 +698,10 @@ pub fn reader_timeline() -> Vec<Activity> {
         .collect()
 }
 
-pub fn reader_token() -> Result<String, BoxError> {
+pub fn token_for(user: &str) -> Result<String, BoxError> {
     Ok(feeds::auth::mint_token(
         feeds::auth::DEV_PRIVATE_KEY_PEM,
-        READER,
+        user,
         &[],
         Utc::now() + chrono::Duration::hours(4),
         None,
@@ -718,6 +743,7 @@ where
         p99_ms: pick(|r| r.p99_ms),
         errors: results.iter().map(|r| r.errors).sum(),
         cpu_ms_per_request,
+        page_bytes: None,
     };
     log(&format!(
         "reads {store} {endpoint} c={c}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
@@ -728,43 +754,54 @@ where
 
 pub const READ_CONCURRENCIES: [usize; 3] = [1, 16, 64];
 
+/// A timeline row as the store's page query answers it.
 #[derive(scylla::DeserializeRow)]
 #[allow(dead_code)]
-struct RawRow {
-    id: String,
-    actor: String,
-    verb: String,
-    object: String,
-    target: Option<String>,
-    time_us: i64,
-    foreign_id: Option<String>,
-    extra: Option<String>,
+pub struct RawRow {
+    pub id: String,
+    pub actor: String,
+    pub verb: String,
+    pub object: String,
+    pub target: Option<String>,
+    pub time_us: i64,
+    pub foreign_id: Option<String>,
+    pub extra: Option<String>,
+}
+
+/// The standalone server (release binary) on Cassandra and a fresh SQS queue.
+pub async fn launch_server(ctx: &Ctx, log_name: &str) -> Result<(Server, SqsQueue), BoxError> {
+    let queue = fresh_queue("bench_reads").await?;
+    let mut envs = vec![
+        ("FEEDS_STORE", "cassandra".to_owned()),
+        ("FEEDS_QUEUE", "sqs".to_owned()),
+        ("FEEDS_CASSANDRA_KEYSPACE", KEYSPACE.to_owned()),
+        ("FEEDS_QUEUE_URL", queue.queue_url().to_owned()),
+        ("FEEDS_LOG_FORMAT", "json".to_owned()),
+    ];
+    envs.extend(feed_env());
+    let server = Server::launch(&ctx.server_bin, &envs, &ctx.out.join(log_name));
+    match server {
+        Ok(server) => Ok((server, queue)),
+        Err(e) => {
+            delete_queue(&queue).await;
+            Err(e)
+        }
+    }
 }
 
 /// Workload 3 on Cassandra: the standalone server (release binary) on Cassandra + SQS.
 pub async fn reads(ctx: &Ctx, cass: &Cass) -> Result<Vec<ReadResult>, BoxError> {
-    let entries: Vec<_> = reader_timeline()
-        .into_iter()
-        .map(|a| feeds::store::TimelineEntry {
-            owner: READER.to_owned(),
-            activity: a,
-        })
-        .collect();
-    cass.store.insert_timeline(&entries).await?;
-    let queue = fresh_queue("bench_reads").await?;
-    let server = Server::launch(
-        &ctx.server_bin,
-        &[
-            ("FEEDS_STORE", "cassandra".to_owned()),
-            ("FEEDS_QUEUE", "sqs".to_owned()),
-            ("FEEDS_CASSANDRA_KEYSPACE", KEYSPACE.to_owned()),
-            ("FEEDS_QUEUE_URL", queue.queue_url().to_owned()),
-            ("FEEDS_LOG_FORMAT", "json".to_owned()),
-        ],
-        &ctx.out.join("server-cassandra.log"),
-    )?;
-    let token = reader_token()?;
+    crate::seed::write_timeline(cass.store.as_ref(), READER, &reader_timeline()).await?;
+    let (server, queue) = launch_server(ctx, "server-cassandra.log").await?;
+    let token = token_for(READER)?;
     let client = http_client();
+    crate::seed::settle().await;
+    // The first reads recompute the marked days; then every page must be full.
+    for (endpoint, what) in [("flat", "activities"), ("aggregated", "groups")] {
+        check_page(&client, &server.base, endpoint, &token, 25)
+            .await
+            .map_err(|e| format!("cassandra {endpoint} page of {READER} ({what}): {e}"))?;
+    }
     let server_cpu = ctx.cpu.with("feeds-server", Some(server.pid()));
     let mut out = Vec::new();
     for &c in &READ_CONCURRENCIES {

@@ -11,23 +11,24 @@ use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::queue::Queue;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
-use feeds::store::{Store, TimelineEntry};
+use feeds::store::Store;
 use feeds::BoxError;
 use feeds_testkit::server::Server;
 use rusqlite::params;
 
 use crate::cass::{
-    expected_jobs, fanout_result, fanout_settings, follower_name, new_activity, read_config,
-    reader_timeline, reader_token, verify, CpuSum, FanoutResult, ReadResult, READER,
+    expected_jobs, fanout_result, fanout_settings, feed_env, follower_name, new_activity,
+    read_config, reader_timeline, token_for, verify, CpuSum, FanoutResult, ReadResult, READER,
     READ_CONCURRENCIES,
 };
-use crate::load::{http_client, http_get};
+use crate::load::{check_page, http_client, http_get};
 use crate::{log, Ctx};
 
 /// Transaction sizes of the SQLite ceiling (0: all rows in one transaction).
 const TX_SIZES: [usize; 2] = [500, 0];
 
-fn open(path: &std::path::Path) -> Result<SqliteDb, BoxError> {
+/// A fresh database file at `path` (an earlier one is removed).
+pub fn open(path: &std::path::Path) -> Result<SqliteDb, BoxError> {
     let _ = std::fs::remove_file(path);
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -197,35 +198,47 @@ pub async fn fanout_rate(ctx: &Ctx) -> Result<Vec<FanoutResult>, BoxError> {
     Ok(out)
 }
 
-/// Reads through the standalone server on its default store, and the raw 25-row read.
+/// The standalone server on its default store (SQLite and the embedded queue) in `path`.
+pub fn launch_server(
+    ctx: &Ctx,
+    path: &std::path::Path,
+    log_name: &str,
+) -> Result<Server, BoxError> {
+    let mut envs = vec![
+        ("FEEDS_STORE", "sqlite".to_owned()),
+        ("FEEDS_QUEUE", "embedded".to_owned()),
+        ("FEEDS_SQLITE_PATH", path.display().to_string()),
+        ("FEEDS_LOG_FORMAT", "json".to_owned()),
+    ];
+    envs.extend(feed_env());
+    Server::launch(&ctx.server_bin, &envs, &ctx.out.join(log_name))
+}
+
+/// Reads through the standalone server on its default store; the raw 25-row read; and a bare HTTP
+/// round trip (axum answering the same pages pre-serialised), all in the same run.
 pub async fn reads(ctx: &Ctx) -> Result<Vec<ReadResult>, BoxError> {
     let path = ctx.tmp.join("reads.db");
     {
-        let db = open(&path)?;
-        let store = SqliteStore::new(db);
-        let entries: Vec<_> = reader_timeline()
-            .into_iter()
-            .map(|a| TimelineEntry {
-                owner: READER.to_owned(),
-                activity: a,
-            })
-            .collect();
-        store.insert_timeline(&entries).await?;
+        let store = SqliteStore::new(open(&path)?);
+        crate::seed::write_timeline(&store, READER, &reader_timeline()).await?;
     }
-    let server = Server::launch(
-        &ctx.server_bin,
-        &[
-            ("FEEDS_STORE", "sqlite".to_owned()),
-            ("FEEDS_QUEUE", "embedded".to_owned()),
-            ("FEEDS_SQLITE_PATH", path.display().to_string()),
-            ("FEEDS_LOG_FORMAT", "json".to_owned()),
-        ],
-        &ctx.out.join("server-sqlite.log"),
-    )?;
+    let server = launch_server(ctx, &path, "server-sqlite.log")?;
     // The raw driver: its own connection to the same file, through the same wrapper the store uses.
     let raw = SqliteDb::open(&path)?;
-    let token = reader_token()?;
+    let token = token_for(READER)?;
     let client = http_client();
+    crate::seed::settle().await;
+    // The first reads recompute the marked days; every page must be full, and the bare server
+    // answers these very bodies.
+    let mut pages = Vec::new();
+    for (endpoint, what) in [("flat", "activities"), ("aggregated", "groups")] {
+        let (_, body) = check_page(&client, &server.base, endpoint, &token, 25)
+            .await
+            .map_err(|e| format!("sqlite {endpoint} page of {READER} ({what}): {e}"))?;
+        pages.push((endpoint, body));
+    }
+    let sizes: Vec<(&str, usize)> = pages.iter().map(|(e, b)| (*e, b.len())).collect();
+    let bare = crate::bare::serve(pages).await?;
     let server_cpu = ctx.cpu.with("feeds-server", Some(server.pid()));
     let mut out = Vec::new();
     for &c in &READ_CONCURRENCIES {
@@ -272,7 +285,16 @@ pub async fn reads(ctx: &Ctx) -> Result<Vec<ReadResult>, BoxError> {
             }
         };
         out.push(read_config(ctx, "sqlite", "raw", c, &ctx.cpu, op).await);
+        for &(endpoint, bytes) in &sizes {
+            let url = format!("{}/{endpoint}", bare.base);
+            let op = http_get(client.clone(), url, token.clone());
+            let name = format!("bare_{endpoint}");
+            let mut r = read_config(ctx, "sqlite", &name, c, &ctx.cpu, op).await;
+            r.page_bytes = Some(bytes);
+            out.push(r);
+        }
     }
+    drop(bare);
     server.stop();
     drop(raw);
     let _ = std::fs::remove_file(&path);

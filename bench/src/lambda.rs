@@ -128,6 +128,14 @@ pub async fn costs(ctx: &Ctx, queue_url: &str) -> Result<Vec<LambdaResult>, BoxE
                         ("FEEDS_QUEUE_URL".into(), queue_url.into()),
                     ]
                 };
+                let envs: Vec<(String, String)> = envs
+                    .into_iter()
+                    .chain(
+                        crate::cass::feed_env()
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v)),
+                    )
+                    .collect();
                 results.push(one_run(ctx, function, &bin, &event, &envs, run).await?);
                 if mode == "embedded" {
                     let db = ctx.tmp.join(format!("lambda-{function}-{run}.db"));

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use feeds::BoxError;
 use serde::Serialize;
 
 use crate::stats::{percentile, sorted};
@@ -95,4 +96,37 @@ pub fn http_client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("HTTP client")
+}
+
+/// One GET of the first page (`limit=25`) of `/feeds/{endpoint}`: fails unless it answers `200`
+/// with `expected` results. Answers its latency in milliseconds and its body.
+pub async fn check_page(
+    client: &reqwest::Client,
+    base: &str,
+    endpoint: &str,
+    token: &str,
+    expected: usize,
+) -> Result<(f64, axum::body::Bytes), BoxError> {
+    let t = Instant::now();
+    let r = client
+        .get(format!("{base}/feeds/{endpoint}?limit=25"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await?;
+    let status = r.status();
+    let body = r.bytes().await?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if !status.is_success() {
+        return Err(format!("answered {status}: {}", String::from_utf8_lossy(&body)).into());
+    }
+    let page: serde_json::Value = serde_json::from_slice(&body)?;
+    let n = page["results"].as_array().map_or(0, Vec::len);
+    if n != expected {
+        return Err(format!(
+            "the first page holds {n} results, not {expected}: the feed was not set up as the \
+             fan-out leaves it"
+        )
+        .into());
+    }
+    Ok((ms, body))
 }

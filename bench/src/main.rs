@@ -4,15 +4,21 @@
 //! Workloads (all Cassandra ones in the `feeds_bench` keyspace of the local node):
 //! 1. fan-out rate through the Lambda code path (chunked jobs through ElasticMQ) vs the raw write
 //!    ceiling; 2. delivery latency after `POST /activities`; 3. feed reads through the standalone
-//!    server vs the raw read ceiling; 5. the same on the embedded SQLite store; 6. Lambda costs.
+//!    server vs the raw read ceiling; 3b. aggregated reads of a busy day vs a quiet one; 3c. the
+//!    tombstones a page reads after many trims; 5. fan-out and reads on the embedded SQLite store,
+//!    with a bare HTTP round trip beside its reads; 6. Lambda costs.
 //!
 //! (Workload 4, Stream-Framework, is `bench/peer/`.)
 
+mod bare;
+mod busy;
 mod cass;
 mod embedded;
 mod lambda;
 mod load;
+mod seed;
 mod stats;
+mod tombstones;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -63,6 +69,11 @@ enum Command {
     Delivery,
     /// 3. Feed reads through the standalone server vs the raw read ceiling (Cassandra).
     Reads,
+    /// 3b. Aggregated reads of a reader with 10,000 activities today vs one with 100 (Cassandra
+    /// and SQLite).
+    BusyDay,
+    /// 3c. Tombstones read per page after 100,000 deliveries into one feed (Cassandra tracing).
+    Tombstones,
     /// 5. Fan-out and reads on the embedded SQLite store.
     Embedded,
     /// 6. Lambda initialisation, event latency, peak RSS; bootstrap sizes.
@@ -99,10 +110,11 @@ impl Ctx {
         }
     }
 
-    /// (runs, seconds per run) of each read configuration.
+    /// (runs, seconds per run) of each read configuration. Tiny: short runs, since a smoke check
+    /// goes through three dozen read configurations.
     pub fn read_runs(&self) -> (usize, f64) {
         if self.tiny {
-            (2, 0.5)
+            (2, 0.3)
         } else {
             (5, 3.0)
         }
@@ -159,18 +171,29 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         "write_concurrencies": cass::WRITE_CONCURRENCIES,
         "read_concurrencies": cass::READ_CONCURRENCIES,
         "reader_timeline_rows": cass::READER_ROWS,
+        "feed_max_length": cass::FEED_MAX_LENGTH,
+        "aggregate_by": cass::GROUPING.feed(),
     });
     let all = cli.command == Command::All;
     let wants = |c: Command| all || cli.command == c;
     let t0 = Instant::now();
-    let save = |doc: &Value| -> Result<(), BoxError> {
+    let write = |doc: &Value| -> Result<(), BoxError> {
         std::fs::write(&path, serde_json::to_string_pretty(doc)?)?;
         Ok(())
+    };
+    // Each workload's wall time too: the tiny run has a budget (CI), the full one a schedule.
+    let save = |doc: &mut Value, workload: &str, started: Instant| {
+        let seconds = started.elapsed().as_secs_f64();
+        doc["meta"]["workload_seconds"][workload] = json!(seconds);
+        log(&format!("{workload}: {seconds:.0} s"));
+        write(doc)
     };
     let needs_cassandra = [
         Command::Fanout,
         Command::Delivery,
         Command::Reads,
+        Command::BusyDay,
+        Command::Tombstones,
         Command::Lambda,
     ]
     .into_iter()
@@ -181,37 +204,55 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         None
     };
     if wants(Command::Fanout) {
+        let started = Instant::now();
         let r = cass::fanout_rate(&ctx, cassandra.as_ref().unwrap()).await?;
         doc["fanout"] = serde_json::to_value(r)?;
-        save(&doc)?;
+        save(&mut doc, "fanout", started)?;
     }
     if wants(Command::Delivery) {
+        let started = Instant::now();
         let r = cass::delivery(&ctx, cassandra.as_ref().unwrap()).await?;
         doc["delivery"] = serde_json::to_value(r)?;
-        save(&doc)?;
+        save(&mut doc, "delivery", started)?;
     }
     if wants(Command::Reads) {
+        let started = Instant::now();
         let r = cass::reads(&ctx, cassandra.as_ref().unwrap()).await?;
         doc["reads"] = serde_json::to_value(r)?;
-        save(&doc)?;
+        save(&mut doc, "reads", started)?;
+    }
+    if wants(Command::BusyDay) {
+        let started = Instant::now();
+        let r = busy::busy_day(&ctx, cassandra.as_ref().unwrap()).await?;
+        doc["busy_day"] = serde_json::to_value(r)?;
+        save(&mut doc, "busy_day", started)?;
+    }
+    if wants(Command::Tombstones) {
+        let started = Instant::now();
+        let r = tombstones::tombstones(&ctx, cassandra.as_ref().unwrap()).await?;
+        doc["tombstones"] = serde_json::to_value(r)?;
+        save(&mut doc, "tombstones", started)?;
     }
     if wants(Command::Embedded) {
+        let started = Instant::now();
         doc["sqlite_fanout"] = serde_json::to_value(embedded::fanout_rate(&ctx).await?)?;
-        save(&doc)?;
+        save(&mut doc, "sqlite_fanout", started)?;
+        let started = Instant::now();
         doc["sqlite_reads"] = serde_json::to_value(embedded::reads(&ctx).await?)?;
-        save(&doc)?;
+        save(&mut doc, "sqlite_reads", started)?;
     }
     if wants(Command::Lambda) {
+        let started = Instant::now();
         let queue = cass::fresh_queue("bench_lambda").await?;
         let r = lambda::costs(&ctx, queue.queue_url()).await;
         cass::delete_queue(&queue).await;
         doc["lambda"] = serde_json::to_value(r?)?;
         doc["bootstrap"] = serde_json::to_value(lambda::bootstraps(&ctx))?;
-        save(&doc)?;
+        save(&mut doc, "lambda", started)?;
     }
     doc["meta"]["seconds"] = json!(t0.elapsed().as_secs_f64());
     doc["meta"]["finished"] = json!(chrono::Utc::now().to_rfc3339());
-    save(&doc)?;
+    write(&doc)?;
     log(&format!(
         "done in {:.0} s; results in {}",
         t0.elapsed().as_secs_f64(),
