@@ -17,10 +17,10 @@ use crate::cass::{Cass, RawRow, FEED_MAX_LENGTH, GROUPING};
 use crate::seed::{activities, run_tag, Deliverer};
 use crate::{log, Ctx, KEYSPACE};
 
-/// Group rows the aggregated page reads per query (`GROUP_ROWS` of `feeds::aggregate`).
-const GROUP_ROWS: i32 = 100;
-/// Timeline rows a day's scan reads per query (`SCAN_PAGE` of `feeds::aggregate`).
-const SCAN_PAGE: i32 = 1000;
+/// Group rows the aggregated page reads per query.
+const GROUP_ROWS: i32 = feeds::aggregate::GROUP_ROWS as i32;
+/// Timeline rows a day's scan reads per query.
+const SCAN_PAGE: i32 = feeds::aggregate::SCAN_PAGE as i32;
 /// A flat page of 25 reads one row more, to know whether a next page exists.
 const FLAT_ROWS: i32 = 26;
 
