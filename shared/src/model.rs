@@ -183,6 +183,7 @@ fn write_time(time: DateTime<Utc>, buf: &mut [u8; RFC3339_MAX_LEN]) -> Option<&s
         }
         at + width
     }
+    let time = time.naive_utc();
     let year = u32::try_from(time.year()).ok().filter(|y| *y <= 9999)?;
     let (mut second, mut nano) = (time.second(), time.nanosecond());
     // A leap second, as chrono writes it.

@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde_json::json;
 
@@ -31,14 +32,15 @@ const RESULT_JSON_BYTES: usize = 384;
 impl<T: Serialize> IntoResponse for Page<T> {
     /// What `Json(page)` answers.
     fn into_response(self) -> Response {
-        let mut body = Vec::with_capacity(64 + self.results.len() * RESULT_JSON_BYTES);
+        let capacity = 64 + self.results.len() * RESULT_JSON_BYTES;
+        let mut body = BytesMut::with_capacity(capacity).writer();
         match serde_json::to_writer(&mut body, &self) {
             Ok(()) => (
                 [(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )],
-                body,
+                body.into_inner().freeze(),
             )
                 .into_response(),
             Err(e) => ApiError::internal(format!("cannot encode the page: {e}")).into_response(),
