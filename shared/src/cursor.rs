@@ -16,10 +16,11 @@ pub struct InvalidCursor;
 
 #[derive(Clone)]
 pub struct CursorCodec {
-    key: Vec<u8>,
+    /// The HMAC already keyed with the secret, cloned per cursor: keying hashes two blocks.
+    mac: Hmac<Sha256>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Payload {
     /// The list this cursor walks, e.g. `flat:usr_02`.
     l: String,
@@ -27,31 +28,38 @@ struct Payload {
     p: String,
 }
 
+/// [`Payload`] as written, borrowing what it writes.
+#[derive(Serialize)]
+struct PayloadRef<'a> {
+    l: &'a str,
+    p: &'a str,
+}
+
 impl CursorCodec {
     pub fn new(secret: &[u8]) -> Self {
         CursorCodec {
-            key: secret.to_vec(),
+            mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length"),
         }
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length")
+        self.mac.clone()
     }
 
     pub fn encode(&self, list: &str, position: &str) -> String {
-        let payload = serde_json::to_vec(&Payload {
-            l: list.to_owned(),
-            p: position.to_owned(),
+        let payload = serde_json::to_vec(&PayloadRef {
+            l: list,
+            p: position,
         })
         .expect("a cursor payload serialises");
         let mut mac = self.mac();
         mac.update(&payload);
         let tag = mac.finalize().into_bytes();
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(&payload),
-            URL_SAFE_NO_PAD.encode(&tag[..MAC_LEN])
-        )
+        let mut cursor = String::with_capacity((payload.len() + MAC_LEN) * 4 / 3 + 4);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut cursor);
+        cursor.push('.');
+        URL_SAFE_NO_PAD.encode_string(&tag[..MAC_LEN], &mut cursor);
+        cursor
     }
 
     /// The position of a cursor issued for `list`; any other cursor is a `400`.
@@ -99,5 +107,33 @@ mod tests {
         assert!(codec.decode("flat:usr_02", "").is_err());
         let (p, _) = c.split_once('.').unwrap();
         assert!(codec.decode("flat:usr_02", &format!("{p}.")).is_err());
+    }
+
+    /// Cursors already handed out stay valid: the encoding is the one of earlier releases.
+    #[test]
+    fn the_encoding_is_stable() {
+        let codec = CursorCodec::new(b"secret");
+        let c = codec.encode("flat:usr_02", "0000000000000001abc");
+        let (payload, tag) = c.split_once('.').unwrap();
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(payload).unwrap(),
+            br#"{"l":"flat:usr_02","p":"0000000000000001abc"}"#
+        );
+        assert_eq!(
+            tag,
+            tag_of(br#"{"l":"flat:usr_02","p":"0000000000000001abc"}"#)
+        );
+        // A list name that JSON escapes.
+        let escaped = br#"{"l":"user:a\"b","p":"p"}"#;
+        assert_eq!(
+            codec.encode("user:a\"b", "p"),
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(escaped), tag_of(escaped))
+        );
+    }
+
+    fn tag_of(payload: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
+        mac.update(payload);
+        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..MAC_LEN])
     }
 }

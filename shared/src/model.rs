@@ -1,6 +1,6 @@
 //! The feed's domain types and the validation rules of the HTTP contract.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeZone, Timelike, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -157,11 +157,65 @@ pub fn start_of_day(day: NaiveDate) -> DateTime<Utc> {
 }
 
 pub fn serialize_time<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_time(*time))
+    // Every activity of a page has a time or two: written on the stack rather than in a String.
+    let mut buf = [0; RFC3339_MAX_LEN];
+    match write_time(*time, &mut buf) {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_str(&format_time(*time)),
+    }
 }
 
+/// RFC 3339 in UTC with `Z`, with 0, 3, 6 or 9 fractional digits, as few as the value needs.
 pub fn format_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, the longest [`write_time`] writes.
+const RFC3339_MAX_LEN: usize = 30;
+
+/// What [`format_time`] answers, written into `buf`; `None` for a year outside 0 to 9999, which
+/// chrono writes with a sign.
+fn write_time(time: DateTime<Utc>, buf: &mut [u8; RFC3339_MAX_LEN]) -> Option<&str> {
+    fn digits(buf: &mut [u8], at: usize, mut value: u32, width: usize) -> usize {
+        for slot in buf[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        at + width
+    }
+    let time = time.naive_utc();
+    let year = u32::try_from(time.year()).ok().filter(|y| *y <= 9999)?;
+    let (mut second, mut nano) = (time.second(), time.nanosecond());
+    // A leap second, as chrono writes it.
+    if nano >= 1_000_000_000 {
+        second += 1;
+        nano -= 1_000_000_000;
+    }
+    let mut at = 0;
+    for (value, width, separator) in [
+        (year, 4, b'-'),
+        (time.month(), 2, b'-'),
+        (time.day(), 2, b'T'),
+        (time.hour(), 2, b':'),
+        (time.minute(), 2, b':'),
+    ] {
+        at = digits(buf, at, value, width);
+        buf[at] = separator;
+        at += 1;
+    }
+    at = digits(buf, at, second, 2);
+    let fraction = match nano {
+        0 => None,
+        n if n % 1_000_000 == 0 => Some((n / 1_000_000, 3)),
+        n if n % 1_000 == 0 => Some((n / 1_000, 6)),
+        n => Some((n, 9)),
+    };
+    if let Some((value, width)) = fraction {
+        buf[at] = b'.';
+        at = digits(buf, at + 1, value, width);
+    }
+    buf[at] = b'Z';
+    std::str::from_utf8(&buf[..=at]).ok()
 }
 
 /// Parses an RFC 3339 time (any offset), keeping microsecond precision, as the stores do.
@@ -275,6 +329,67 @@ mod tests {
         ))
         .is_err());
     }
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        let chrono = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        let mut times: Vec<DateTime<Utc>> = [
+            "2026-11-29T10:00:00Z",
+            "2026-11-29T10:00:00.1Z",
+            "2026-11-29T10:00:00.000001Z",
+            "2026-11-29T10:00:00.123456789Z",
+            "2026-11-29T10:00:00.000000001Z",
+            "2026-11-29T10:00:00.120Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "1970-01-01T00:00:00Z",
+        ]
+        .iter()
+        .map(|t| DateTime::parse_from_rfc3339(t).unwrap().to_utc())
+        .collect();
+        let mut rng = rand::rng();
+        for _ in 0..2000 {
+            let secs = rng.random_range(0..253_402_300_800_i64);
+            let nanos = match rng.random_range(0..4) {
+                0 => 0,
+                1 => rng.random_range(0..1000) * 1_000_000,
+                2 => rng.random_range(0..1_000_000) * 1000,
+                _ => rng.random_range(0..1_000_000_000),
+            };
+            times.push(DateTime::from_timestamp(secs, nanos).unwrap());
+        }
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        times.push(leap);
+        for t in times {
+            let mut buf = [0; RFC3339_MAX_LEN];
+            assert_eq!(write_time(t, &mut buf), Some(chrono(t).as_str()));
+            assert_eq!(format_time(t), chrono(t));
+            let json = serde_json::to_string(&Relation {
+                user: "u".to_owned(),
+                since: t,
+            })
+            .unwrap();
+            assert_eq!(json, format!(r#"{{"user":"u","since":"{}"}}"#, chrono(t)));
+        }
+        for year in [-1, 10000] {
+            let t = NaiveDate::from_ymd_opt(year, 1, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc();
+            assert_eq!(write_time(t, &mut [0; RFC3339_MAX_LEN]), None);
+            let json = serde_json::to_string(&Relation {
+                user: "u".to_owned(),
+                since: t,
+            })
+            .unwrap();
+            assert_eq!(json, format!(r#"{{"user":"u","since":"{}"}}"#, chrono(t)));
+        }
+    }
+
     /// Numbers in `extra` keep their value through every serialise/parse round trip, as the stores
     /// keep `extra` as JSON text (found by fuzzing: an integer too large for 64 bits became a float
     /// that drifted by one unit in the last place when parsed back).

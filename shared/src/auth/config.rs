@@ -7,6 +7,12 @@ use crate::settings::{Env, SettingsError};
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// Upper bound for the leeway: a larger one would make expiry meaningless.
 pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Verified tokens kept for reuse unless configured otherwise.
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 4096;
+/// How long a verified token is reused before it is verified again, unless configured otherwise.
+pub const DEFAULT_TOKEN_CACHE_TTL_SECS: u64 = 300;
+/// Upper bound for the cache TTL.
+pub const MAX_TOKEN_CACHE_TTL_SECS: u64 = 3600;
 
 pub(crate) const ENV_PUBLIC_KEY_FILE: &str = "FEEDS_JWT_PUBLIC_KEY_FILE";
 pub(crate) const ENV_PUBLIC_KEY: &str = "FEEDS_JWT_PUBLIC_KEY";
@@ -15,6 +21,8 @@ pub(crate) const ENV_JWKS: &str = "FEEDS_JWKS";
 const ENV_ISSUER: &str = "FEEDS_JWT_ISSUER";
 const ENV_AUDIENCE: &str = "FEEDS_JWT_AUDIENCE";
 pub(crate) const ENV_LEEWAY: &str = "FEEDS_JWT_LEEWAY_SECS";
+const ENV_CACHE_SIZE: &str = "FEEDS_JWT_CACHE_SIZE";
+pub(crate) const ENV_CACHE_TTL: &str = "FEEDS_JWT_CACHE_TTL_SECS";
 
 /// Where verification keys come from and which claims are enforced.
 #[derive(Debug, Clone)]
@@ -29,6 +37,11 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Clock leeway for `exp` and `nbf`, at most [`MAX_LEEWAY_SECS`].
     pub leeway_secs: u64,
+    /// Verified tokens kept so that a token seen again skips the signature check; 0: none.
+    pub token_cache_size: usize,
+    /// Seconds a verified token is reused before it is verified again, at most
+    /// [`MAX_TOKEN_CACHE_TTL_SECS`]; 0: no reuse. `exp` and `nbf` are checked at every use.
+    pub token_cache_ttl_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -39,6 +52,8 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway_secs: DEFAULT_LEEWAY_SECS,
+            token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
+            token_cache_ttl_secs: DEFAULT_TOKEN_CACHE_TTL_SECS,
         }
     }
 }
@@ -46,7 +61,8 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// Reads `FEEDS_JWT_PUBLIC_KEY_FILE` (path to PEM), `FEEDS_JWT_PUBLIC_KEY` (PEM text),
     /// `FEEDS_JWKS_FILE` (path), `FEEDS_JWKS` (JSON text), `FEEDS_JWT_ISSUER`,
-    /// `FEEDS_JWT_AUDIENCE` and `FEEDS_JWT_LEEWAY_SECS`. With none of the key variables set it is
+    /// `FEEDS_JWT_AUDIENCE`, `FEEDS_JWT_LEEWAY_SECS`, `FEEDS_JWT_CACHE_SIZE` and
+    /// `FEEDS_JWT_CACHE_TTL_SECS`. With none of the key variables set it is
     /// an error, except that a build with the `dev` feature falls back, outside Lambda, to the
     /// committed development key and logs a warning.
     pub fn read(env: &Env) -> Result<Self, SettingsError> {
@@ -61,27 +77,38 @@ impl AuthConfig {
             (None, None) => Some(without_key(env)?),
             (public_key_pem, _) => public_key_pem,
         };
-        let leeway_secs = match env.get(ENV_LEEWAY)? {
-            None => DEFAULT_LEEWAY_SECS,
-            Some(text) => text
-                .parse()
-                .ok()
-                .filter(|secs| *secs <= MAX_LEEWAY_SECS)
-                .ok_or_else(|| {
-                    SettingsError::expected(
-                        ENV_LEEWAY,
-                        &format!("whole seconds from 0 to {MAX_LEEWAY_SECS}"),
-                        &text,
-                    )
-                })?,
-        };
         Ok(Self {
             public_key_pem,
             jwks_json,
             issuer: env.get(ENV_ISSUER)?,
             audience: env.get(ENV_AUDIENCE)?,
-            leeway_secs,
+            leeway_secs: seconds_up_to(env, ENV_LEEWAY, DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS)?,
+            token_cache_size: env.parse_or(
+                ENV_CACHE_SIZE,
+                "a whole number of tokens",
+                DEFAULT_TOKEN_CACHE_SIZE,
+            )?,
+            token_cache_ttl_secs: seconds_up_to(
+                env,
+                ENV_CACHE_TTL,
+                DEFAULT_TOKEN_CACHE_TTL_SECS,
+                MAX_TOKEN_CACHE_TTL_SECS,
+            )?,
         })
+    }
+}
+
+/// Whole seconds from 0 to `max`, or `default` when unset.
+fn seconds_up_to(env: &Env, name: &str, default: u64, max: u64) -> Result<u64, SettingsError> {
+    match env.get(name)? {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|secs| *secs <= max)
+            .ok_or_else(|| {
+                SettingsError::expected(name, &format!("whole seconds from 0 to {max}"), &text)
+            }),
     }
 }
 
@@ -150,6 +177,8 @@ mod tests {
         assert_eq!(cfg.public_key_pem.as_deref(), Some(DEV_PUBLIC_KEY_PEM));
         assert_eq!(cfg.jwks_json, None);
         assert_eq!(cfg.leeway_secs, DEFAULT_LEEWAY_SECS);
+        assert_eq!(cfg.token_cache_size, DEFAULT_TOKEN_CACHE_SIZE);
+        assert_eq!(cfg.token_cache_ttl_secs, DEFAULT_TOKEN_CACHE_TTL_SECS);
         assert!(verifier(cfg)
             .verify_token(&dev_token("usr_01", &[]))
             .is_ok());
@@ -172,6 +201,8 @@ mod tests {
             (ENV_ISSUER, "https://auth.example"),
             (ENV_AUDIENCE, " feeds-api "),
             (ENV_LEEWAY, "5"),
+            (ENV_CACHE_SIZE, "100"),
+            (ENV_CACHE_TTL, "0"),
         ]));
         std::fs::remove_file(&path).unwrap();
         let cfg = cfg.unwrap();
@@ -181,6 +212,8 @@ mod tests {
         assert_eq!(cfg.issuer.as_deref(), Some("https://auth.example"));
         assert_eq!(cfg.audience.as_deref(), Some("feeds-api"));
         assert_eq!(cfg.leeway_secs, 5);
+        assert_eq!(cfg.token_cache_size, 100);
+        assert_eq!(cfg.token_cache_ttl_secs, 0);
     }
 
     #[test]
@@ -193,7 +226,7 @@ mod tests {
         let no_key_variable = no_key().variable;
         // The variables set, the variable named, and how the message begins.
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, String);
-        let cases: [Case; 7] = [
+        let cases: [Case; 9] = [
             (
                 &[
                     (ENV_PUBLIC_KEY_FILE, missing_file),
@@ -234,6 +267,19 @@ mod tests {
                 &[(ENV_PUBLIC_KEY, DEV_PUBLIC_KEY_PEM), (ENV_LEEWAY, "3600")],
                 "FEEDS_JWT_LEEWAY_SECS",
                 "expected whole seconds".to_owned(),
+            ),
+            (
+                &[(ENV_PUBLIC_KEY, DEV_PUBLIC_KEY_PEM), (ENV_CACHE_SIZE, "-1")],
+                "FEEDS_JWT_CACHE_SIZE",
+                "expected a whole number of tokens".to_owned(),
+            ),
+            (
+                &[
+                    (ENV_PUBLIC_KEY, DEV_PUBLIC_KEY_PEM),
+                    (ENV_CACHE_TTL, "86400"),
+                ],
+                "FEEDS_JWT_CACHE_TTL_SECS",
+                "expected whole seconds from 0 to 3600".to_owned(),
             ),
         ];
         for (vars, variable, message) in cases {

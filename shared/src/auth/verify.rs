@@ -1,6 +1,7 @@
 //! Verifying bearer tokens: the `Authorization` header, the token's signature and its claims.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -9,9 +10,10 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::cache::TokenCache;
 use super::config::{
-    no_key, AuthConfig, ENV_JWKS, ENV_JWKS_FILE, ENV_LEEWAY, ENV_PUBLIC_KEY, ENV_PUBLIC_KEY_FILE,
-    MAX_LEEWAY_SECS,
+    no_key, AuthConfig, ENV_CACHE_TTL, ENV_JWKS, ENV_JWKS_FILE, ENV_LEEWAY, ENV_PUBLIC_KEY,
+    ENV_PUBLIC_KEY_FILE, MAX_LEEWAY_SECS, MAX_TOKEN_CACHE_TTL_SECS,
 };
 use super::keys::{key_from_pem, keys_from_jwks, VerificationKey};
 use crate::settings::SettingsError;
@@ -98,6 +100,8 @@ struct VerifierInner {
     keys: Vec<VerificationKey>,
     /// Claim rules shared by all tokens; `algorithms` is set per token.
     validation: Validation,
+    /// Tokens these keys and rules verified; `None` when caching is off.
+    cache: Option<TokenCache>,
 }
 
 impl Verifier {
@@ -123,6 +127,12 @@ impl Verifier {
                 format!("must be at most {MAX_LEEWAY_SECS}"),
             ));
         }
+        if cfg.token_cache_ttl_secs > MAX_TOKEN_CACHE_TTL_SECS {
+            return Err(SettingsError::new(
+                ENV_CACHE_TTL,
+                format!("must be at most {MAX_TOKEN_CACHE_TTL_SECS}"),
+            ));
+        }
 
         let mut validation = Validation::new(Algorithm::ES256);
         validation.leeway = cfg.leeway_secs;
@@ -142,8 +152,17 @@ impl Verifier {
         }
         validation.set_required_spec_claims(&required);
 
+        let cache = TokenCache::new(
+            cfg.token_cache_size,
+            Duration::from_secs(cfg.token_cache_ttl_secs),
+            cfg.leeway_secs,
+        );
         Ok(Self {
-            inner: Arc::new(VerifierInner { keys, validation }),
+            inner: Arc::new(VerifierInner {
+                keys,
+                validation,
+                cache,
+            }),
         })
     }
 
@@ -165,11 +184,33 @@ impl Verifier {
         self.verify_token(token)
     }
 
-    /// Verifies a compact JWS token and returns its principal.
+    /// Verifies a compact JWS token and returns its principal. A token this verifier already
+    /// verified is taken from its cache while its `exp`, `nbf` and the cache's TTL allow.
     pub fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed("token is too long".to_owned()));
         }
+        let Some(cache) = &self.inner.cache else {
+            return self.verify_signed(token).map(|(principal, _)| principal);
+        };
+        let (now, at) = (jsonwebtoken::get_current_timestamp(), Instant::now());
+        if let Some(principal) = cache.get(token, now, at) {
+            return Ok(principal);
+        }
+        let (principal, claims) = self.verify_signed(token)?;
+        // Both are numbers once the token verified; a form not read the same way is not kept.
+        if let Some(exp) = claims.exp.as_ref().and_then(numeric_date) {
+            match claims.nbf.as_ref().map(numeric_date) {
+                None => cache.insert(token, &principal, exp, None, at),
+                Some(Some(nbf)) => cache.insert(token, &principal, exp, Some(nbf), at),
+                Some(None) => {}
+            }
+        }
+        Ok(principal)
+    }
+
+    /// Checks the token's signature and claims, and answers its principal and claims.
+    fn verify_signed(&self, token: &str) -> Result<(Principal, Claims), AuthError> {
         let header = peek_header(token)?;
         let alg = accepted_algorithm(&header.alg)
             .ok_or_else(|| AuthError::DisallowedAlgorithm(header.alg.clone()))?;
@@ -184,7 +225,7 @@ impl Verifier {
             .filter(|key| key.fits(alg, header.kid.as_deref()))
         {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return principal(&data.claims),
+                Ok(data) => return Ok((principal(&data.claims)?, data.claims)),
                 // Another key of the same kind may still match; claim errors are final.
                 Err(err) => match auth_error(&err) {
                     AuthError::BadSignature => outcome = AuthError::BadSignature,
@@ -193,6 +234,13 @@ impl Verifier {
             }
         }
         Err(outcome)
+    }
+}
+
+#[cfg(test)]
+impl Verifier {
+    fn cache_len(&self) -> usize {
+        self.inner.cache.as_ref().map_or(0, TokenCache::len)
     }
 }
 
@@ -211,6 +259,20 @@ struct Claims {
     sub: Option<Value>,
     #[serde(default)]
     scope: Option<Value>,
+    #[serde(default)]
+    exp: Option<Value>,
+    #[serde(default)]
+    nbf: Option<Value>,
+}
+
+/// `exp` or `nbf` in seconds, read as jsonwebtoken reads it: a whole number, or a fraction rounded.
+fn numeric_date(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < u64::MAX as f64)
+            .map(|v| v.round() as u64)
+    })
 }
 
 fn peek_header(token: &str) -> Result<TokenHeader, AuthError> {
@@ -738,6 +800,121 @@ mod tests {
         ];
         let codes: HashSet<&str> = errors.iter().map(AuthError::code).collect();
         assert_eq!(codes.len(), errors.len());
+    }
+
+    #[test]
+    fn a_verified_token_is_cached_and_answers_the_same_principal() {
+        let verifier = dev_verifier();
+        let token = dev_token("svc_fanout", &[ADMIN_SCOPE]);
+        let first = verifier.verify_token(&token).unwrap();
+        assert_eq!(verifier.cache_len(), 1);
+        assert_eq!(verifier.verify_token(&token).unwrap(), first);
+        assert!(first.admin);
+        assert_eq!(verifier.cache_len(), 1);
+    }
+
+    #[test]
+    fn an_altered_token_is_refused_while_the_original_is_cached() {
+        let verifier = dev_verifier();
+        let token = dev_token("usr_01", &[]);
+        assert!(verifier.verify_token(&token).is_ok());
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        bytes[10] ^= 0x01;
+        let flipped = format!("{message}.{}", URL_SAFE_NO_PAD.encode(bytes));
+        assert_eq!(
+            verifier.verify_token(&flipped),
+            Err(AuthError::BadSignature)
+        );
+        let forged = b64_json(&json!({
+            "sub": "usr_01", "exp": now() + 3600, "scope": ADMIN_SCOPE
+        }));
+        let mut parts: Vec<&str> = token.split('.').collect();
+        parts[1] = &forged;
+        assert_eq!(
+            verifier.verify_token(&parts.join(".")),
+            Err(AuthError::BadSignature)
+        );
+        let truncated = &token[..token.len() - 1];
+        assert!(verifier.verify_token(truncated).is_err());
+        assert!(verifier.verify_token(&format!("{token}A")).is_err());
+        // Only the token that verified is kept.
+        assert_eq!(verifier.cache_len(), 1);
+        assert!(verifier.verify_token(&token).is_ok());
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_past_its_exp() {
+        let verifier = verifier(AuthConfig {
+            public_key_pem: Some(DEV_PUBLIC_KEY_PEM.to_owned()),
+            leeway_secs: 0,
+            ..AuthConfig::default()
+        });
+        let exp = jsonwebtoken::get_current_timestamp() + 1;
+        let token = sign_dev(&json!({ "sub": "usr_01", "exp": exp }));
+        assert!(verifier.verify_token(&token).is_ok());
+        assert_eq!(verifier.cache_len(), 1);
+        while jsonwebtoken::get_current_timestamp() <= exp {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(verifier.verify_token(&token), Err(AuthError::Expired));
+        assert_eq!(verifier.cache_len(), 0);
+    }
+
+    #[test]
+    fn a_token_cached_by_one_key_set_is_refused_by_another() {
+        let token = dev_token("usr_01", &[]);
+        assert!(dev_verifier().verify_token(&token).is_ok());
+        let (_, other_public) = fresh_p256();
+        assert_eq!(
+            pem_verifier(&other_public).verify_token(&token),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn caching_can_be_turned_off() {
+        for (size, ttl) in [(0, 300), (4096, 0)] {
+            let verifier = verifier(AuthConfig {
+                public_key_pem: Some(DEV_PUBLIC_KEY_PEM.to_owned()),
+                token_cache_size: size,
+                token_cache_ttl_secs: ttl,
+                ..AuthConfig::default()
+            });
+            let token = dev_token("usr_01", &[]);
+            assert!(verifier.verify_token(&token).is_ok());
+            assert!(verifier.verify_token(&token).is_ok());
+            assert_eq!(verifier.cache_len(), 0);
+        }
+    }
+
+    #[test]
+    fn verifier_rejects_an_excessive_cache_ttl() {
+        let cfg = AuthConfig {
+            public_key_pem: Some(DEV_PUBLIC_KEY_PEM.to_owned()),
+            token_cache_ttl_secs: MAX_TOKEN_CACHE_TTL_SECS + 1,
+            ..AuthConfig::default()
+        };
+        assert_eq!(
+            Verifier::new(&cfg).unwrap_err().variable,
+            "FEEDS_JWT_CACHE_TTL_SECS"
+        );
+    }
+
+    #[test]
+    fn numeric_dates_are_read_as_jsonwebtoken_reads_them() {
+        assert_eq!(numeric_date(&json!(1_700_000_000)), Some(1_700_000_000));
+        assert_eq!(numeric_date(&json!(1_700_000_000.5)), Some(1_700_000_001));
+        assert_eq!(numeric_date(&json!(1_700_000_000.4)), Some(1_700_000_000));
+        for refused in [
+            json!(-1),
+            json!(-0.5),
+            json!("1700000000"),
+            json!(null),
+            json!(1e30),
+        ] {
+            assert_eq!(numeric_date(&refused), None, "{refused}");
+        }
     }
 
     #[test]
