@@ -67,8 +67,11 @@ impl SqliteDb {
             .map_err(internal)?;
         // Keeps cached statements with a bound LIMIT planned once: without it SQLite prepares
         // them again at each new value, a fifth of a flat read's instructions.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-            .map_err(internal)?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
         Ok(SqliteDb {
             conn: Arc::new(Mutex::new(conn)),
