@@ -50,7 +50,7 @@ if [[ ${FEEDS_SAM_QUICK:-0} == 1 ]]; then
     CARGO_PROFILE_RELEASE_CODEGEN_UNITS=256
   log "quick build: opt-level 0, no LTO (sizes below are not the shipped ones)"
 fi
-log "sam build (release, LTO, arm64: the first build compiles every dependency; minutes on 2 cores)"
+log "sam build (arm64, the release profile or the quick one above: the first build compiles every dependency; minutes on 2 cores)"
 start=$(date +%s)
 sam build --template template.yaml
 log "sam build took $(($(date +%s) - start)) s"
