@@ -34,11 +34,7 @@ pub async fn write_timeline(
             activity: a.clone(),
         })
         .collect();
-    store.insert_timeline(&entries).await?;
-    let groups = fanout_settings()
-        .grouping
-        .groups_of(activities.iter().map(|a| (owner, a)));
-    store.mark_groups(&groups, aggregate::now_us()).await?;
+    aggregate::insert_rows(store, fanout_settings().grouping, &entries).await?;
     Ok(())
 }
 

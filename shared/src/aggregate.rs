@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use crate::model::{day_of, serialize_time, start_of_day, Activity, ActivityId};
 use crate::store::{
     DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, PulledFollowee, Store, StoreError,
-    StoredGroup,
+    StoredGroup, TimelineEntry,
 };
 
 /// Activities listed in a group.
@@ -97,6 +97,46 @@ impl Grouping {
         groups.dedup();
         groups
     }
+}
+
+/// Writes timeline rows, then marks their groups: after the rows, so that a read recomputing a
+/// group before the mark either saw the rows or began before the mark.
+pub async fn insert_rows(
+    store: &dyn Store,
+    grouping: Grouping,
+    entries: &[TimelineEntry],
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    store.insert_timeline(entries).await?;
+    mark_rows(store, grouping, entries).await
+}
+
+/// Removes timeline rows, then marks their groups.
+pub async fn remove_rows(
+    store: &dyn Store,
+    grouping: Grouping,
+    entries: &[TimelineEntry],
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| (e.owner.clone(), e.activity.id.clone()))
+        .collect();
+    store.delete_timeline(&rows).await?;
+    mark_rows(store, grouping, entries).await
+}
+
+async fn mark_rows(
+    store: &dyn Store,
+    grouping: Grouping,
+    entries: &[TimelineEntry],
+) -> Result<(), StoreError> {
+    let groups = grouping.groups_of(entries.iter().map(|e| (e.owner.as_str(), &e.activity)));
+    store.mark_groups(&groups, now_us()).await
 }
 
 /// Days since 1970-01-01.
@@ -528,9 +568,9 @@ mod tests {
                 activity: a.clone(),
             })
             .collect();
-        store.insert_timeline(&entries).await.unwrap();
-        let groups = Grouping::VerbDay.groups_of(acts.iter().map(|a| (owner, a)));
-        store.mark_groups(&groups, now_us()).await.unwrap();
+        insert_rows(store, Grouping::VerbDay, &entries)
+            .await
+            .unwrap();
     }
 
     async fn walk(store: &SqliteStore, owner: &str, limit: usize) -> Vec<Value> {

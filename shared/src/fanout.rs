@@ -300,14 +300,13 @@ impl Fanout {
         Ok(())
     }
 
-    /// Writes timeline rows, then marks their groups (after the rows: a read that recomputes a
-    /// group before the mark either saw the rows or is older than the mark), then trims.
+    /// Writes timeline rows and marks their groups (`aggregate::insert_rows`), then trims.
     async fn add(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
-        self.store.insert_timeline(entries).await?;
-        self.mark(entries).await?;
+        let grouping = self.settings.grouping;
+        aggregate::insert_rows(self.store.as_ref(), grouping, entries).await?;
         let mut owners: Vec<&str> = entries.iter().map(|e| e.owner.as_str()).collect();
         owners.sort_unstable();
         let every = self.settings.trim_every();
@@ -324,23 +323,8 @@ impl Fanout {
         Ok(())
     }
 
-    /// Removes timeline rows, then marks their groups.
     async fn remove(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<(String, String)> = entries
-            .iter()
-            .map(|e| (e.owner.clone(), e.activity.id.clone()))
-            .collect();
-        self.store.delete_timeline(&rows).await?;
-        self.mark(entries).await
-    }
-
-    async fn mark(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
-        let rows = entries.iter().map(|e| (e.owner.as_str(), &e.activity));
-        let groups = self.settings.grouping.groups_of(rows);
-        self.store.mark_groups(&groups, aggregate::now_us()).await
+        aggregate::remove_rows(self.store.as_ref(), self.settings.grouping, entries).await
     }
 
     /// Cuts `owner`'s timeline to its newest `max_length` rows with one range delete, drops the
