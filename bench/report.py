@@ -25,6 +25,15 @@ TARGET_READ_RATIO = {"flat": 1.3, "aggregated": 1.5}
 TARGET_HTTP_FLOOR_RATIO = 1.5
 # Aggregated read p50 of a busy day (10,000 activities today) against a quiet one (100).
 TARGET_BUSY_RATIO = 1.2
+# Read p50 of a follower of a pulled author against a reader whose followees are all fanned out.
+TARGET_PULLED_RATIO = 1.5
+# Amazon Keyspaces on-demand throughput, US dollars per million request units (US East, N.
+# Virginia). Prices change and differ by region: set FEEDS_KEYSPACES_WRU_USD / _RRU_USD to yours.
+KEYSPACES_WRU_USD = float(os.environ.get("FEEDS_KEYSPACES_WRU_USD", "0.625"))
+KEYSPACES_RRU_USD = float(os.environ.get("FEEDS_KEYSPACES_RRU_USD", "0.125"))
+# The workload priced: daily active users, each posting, reading pages and following this much a
+# day, with this many followers on average; 30 days a month.
+COST_WORKLOAD = {"users": 100_000, "posts": 2, "followers": 100, "flat": 10, "aggregated": 10, "follows": 1}
 TARGET_PEER_RATIO = 10.0
 TARGET_INIT_MS = 30.0
 TARGET_BOOTSTRAP_BYTES = 10_000_000
@@ -541,6 +550,119 @@ def main():
                 ],
             )
         )
+        md.append("")
+
+
+    # ---- 3d. pulled author
+    pulled = ours.get("pulled")
+    if pulled:
+        md = sec("3d")
+        md.append("## 3d. A pulled author (hybrid fan-out)\n")
+        post, tenth = pulled["post"], pulled.get("post_at_tenth")
+        md.append(
+            f"An author with {pulled['followers']:,} followers (the pull threshold is "
+            f"{pulled['pull_threshold']:,}: its first post found more and told them once, "
+            f"{pulled['adopt_s']:.0f} s for the first {pulled['pull_threshold'] + 1:,}). Each post of "
+            "it runs the statements below whatever the followers, counted by the store as they ran "
+            "(`Feeds::post` in process), once with a tenth of the followers and once with all:\n"
+        )
+        rows = []
+        for label, c in [("all followers", post), ("a tenth of them", tenth)]:
+            if not c:
+                continue
+            writes = sum(v["runs"] for v in c["statements"].values() if v["write"]) / max(c["ops"], 1)
+            reads = sum(v["runs"] for v in c["statements"].values() if not v["write"]) / max(c["ops"], 1)
+            rows.append([label, c["ops"], fmt(writes, 1), fmt(reads, 1), fmt(c["write_units_per_op"], 2), fmt(c["read_units_per_op"], 2)])
+        md.append(table(["followers", "posts", "writes a post", "reads a post", "WRU a post", "RRU a post"], rows))
+        md.append("")
+        md.append("Statements of one post (all followers):\n")
+        md.append(
+            table(
+                ["statement", "runs a post"],
+                [[f"`{cql}`", fmt(v["runs"] / max(post["ops"], 1), 2)] for cql, v in post["statements"].items()],
+            )
+        )
+        md.append("")
+        md.append(
+            "Reads through the standalone server: one reader follows the pulled author and 9 "
+            "fanned-out users, the other 10 fanned-out users; every followee posted alike over the "
+            "last days. Closed loop, both readers interleaved.\n"
+        )
+        by = {}
+        for r in pulled["reads"]:
+            feed, who = r["endpoint"].split(" (")
+            by.setdefault((feed, r["concurrency"]), {})[who.rstrip(")")] = r
+        rows = []
+        for (feed, c), pair in sorted(by.items()):
+            if "pulled" not in pair or "pushed" not in pair:
+                continue
+            ratio = pair["pulled"]["p50_ms"]["median"] / pair["pushed"]["p50_ms"]["median"]
+            ok = ratio <= TARGET_PULLED_RATIO
+            rows.append([feed, c, spread(pair["pulled"]["p50_ms"]), spread(pair["pushed"]["p50_ms"]), spread(pair["pulled"]["rps"], 0), spread(pair["pushed"]["rps"], 0), f"{ratio:.2f}×", verdict(ok)])
+            targets.append((f"{feed} p50 of a pulled author's follower ≤ {TARGET_PULLED_RATIO}× a pushed-only reader's, concurrency {c}", f"{ratio:.2f}×", ok))
+        md.append(table(["feed", "conc.", "pulled p50", "pushed p50", "pulled req/s", "pushed req/s", "pulled / pushed", f"target ≤ {TARGET_PULLED_RATIO}×"], rows))
+        md.append("")
+        if tenth:
+            same = abs(post["statements_per_op"] - tenth["statements_per_op"]) < 1e-9
+            targets.append((
+                f"a pulled author's post runs a constant number of statements ({pulled['followers']:,} followers against a tenth)",
+                f"{post['statements_per_op']:.1f} against {tenth['statements_per_op']:.1f}",
+                same,
+            ))
+
+    # ---- 7. Keyspaces
+    ks = ours.get("keyspaces")
+    if ks:
+        md = sec("7")
+        md.append("## 7. What it costs on Amazon Keyspaces\n")
+        md.append(
+            "Counted, not estimated: the service and the fan-out ran each operation in process on "
+            "a Cassandra store that counts every statement it runs, the bytes each write binds and "
+            "the bytes each read answers. Units as Keyspaces bills them: a write is one write "
+            "request unit (WRU) per started KiB, a `LOCAL_QUORUM` read one read request unit (RRU) "
+            "per started 4 KiB (at least one). Two things the count cannot see: a range delete (the "
+            "trim) is counted once here but billed per row it deletes (in a full feed, one row per "
+            "activity delivered, so add 1 WRU to a delivery), and a lightweight transaction is "
+            f"counted as a write of its size. The author of the posts had {ks['followers']:,} "
+            f"followers; feeds hold at most {ks['feed_max_length']:,} activities.\n"
+        )
+        md.append(
+            table(
+                ["operation", "WRU", "RRU", "statements", "counted over"],
+                [[o["op"], fmt(o["write_units_per_op"], 2), fmt(o["read_units_per_op"], 2), fmt(o["statements_per_op"], 1), f"{o['ops']:,}"] for o in ks["ops"]],
+            )
+        )
+        md.append("")
+        unit = {}
+        for o in ks["ops"]:
+            unit.setdefault(o["op"].split(" (")[0], o)
+        w = COST_WORKLOAD
+        day = [
+            ("posts", w["users"] * w["posts"], unit.get("post")),
+            ("deliveries (+1 WRU each for the trim)", w["users"] * w["posts"] * w["followers"], unit.get("delivery to one follower")),
+            ("flat pages", w["users"] * w["flat"], unit.get("flat page")),
+            ("aggregated pages", w["users"] * w["aggregated"], unit.get("aggregated page")),
+            ("follows with backfill", w["users"] * w["follows"], unit.get("follow with its backfill")),
+        ]
+        rows, total = [], 0.0
+        for name, per_day, o in day:
+            if not o:
+                continue
+            wru = o["write_units_per_op"] + (1 if name.startswith("deliveries") else 0)
+            month = per_day * 30
+            usd = month * (wru * KEYSPACES_WRU_USD + o["read_units_per_op"] * KEYSPACES_RRU_USD) / 1e6
+            total += usd
+            rows.append([name, f"{month:,}", fmt(wru, 2), fmt(o["read_units_per_op"], 2), f"${usd:,.0f}"])
+        rows.append(["total", "", "", "", f"${total:,.0f}"])
+        md.append(
+            f"A month of {w['users']:,} daily active users, each posting {w['posts']} activities to "
+            f"{w['followers']} followers, reading {w['flat']} flat and {w['aggregated']} aggregated pages "
+            f"and following {w['follows']} user a day, at ${KEYSPACES_WRU_USD} per million WRU and "
+            f"${KEYSPACES_RRU_USD} per million RRU (on-demand; set FEEDS_KEYSPACES_WRU_USD and "
+            "FEEDS_KEYSPACES_RRU_USD to the prices of your region and day); storage, backups and "
+            "Lambda, SQS and API Gateway are not in it:\n"
+        )
+        md.append(table(["operation", "a month", "WRU each", "RRU each", "cost a month"], rows))
         md.append("")
 
     # ---- 2. delivery

@@ -770,6 +770,15 @@ pub struct RawRow {
 
 /// The standalone server (release binary) on Cassandra and a fresh SQS queue.
 pub async fn launch_server(ctx: &Ctx, log_name: &str) -> Result<(Server, SqsQueue), BoxError> {
+    launch_server_with(ctx, log_name, &[]).await
+}
+
+/// [`launch_server`] with more settings.
+pub async fn launch_server_with(
+    ctx: &Ctx,
+    log_name: &str,
+    more: &[(&'static str, String)],
+) -> Result<(Server, SqsQueue), BoxError> {
     let queue = fresh_queue("bench_reads").await?;
     let mut envs = vec![
         ("FEEDS_STORE", "cassandra".to_owned()),
@@ -779,6 +788,7 @@ pub async fn launch_server(ctx: &Ctx, log_name: &str) -> Result<(Server, SqsQueu
         ("FEEDS_LOG_FORMAT", "json".to_owned()),
     ];
     envs.extend(feed_env());
+    envs.extend(more.iter().cloned());
     let server = Server::launch(&ctx.server_bin, &envs, &ctx.out.join(log_name));
     match server {
         Ok(server) => Ok((server, queue)),

@@ -5,17 +5,21 @@
 //! 1. fan-out rate through the Lambda code path (chunked jobs through ElasticMQ) vs the raw write
 //!    ceiling; 2. delivery latency after `POST /activities`; 3. feed reads through the standalone
 //!    server vs the raw read ceiling; 3b. aggregated reads of a busy day vs a quiet one; 3c. the
-//!    tombstones a page reads after many trims; 5. fan-out and reads on the embedded SQLite store,
-//!    with a bare HTTP round trip beside its reads; 6. Lambda costs.
+//!    tombstones a page reads after many trims; 3d. a pulled author with 100,000 followers: its
+//!    post's statements, and its followers' reads against a pushed-only reader; 5. fan-out and
+//!    reads on the embedded SQLite store, with a bare HTTP round trip beside its reads; 6. Lambda
+//!    costs; 7. Amazon Keyspaces request units per operation, counted from the statements run.
 //!
 //! (Workload 4, Stream-Framework, is `bench/peer/`.)
 
 mod bare;
 mod busy;
 mod cass;
+mod costs;
 mod embedded;
 mod lambda;
 mod load;
+mod pulled;
 mod seed;
 mod stats;
 mod tombstones;
@@ -74,10 +78,15 @@ enum Command {
     BusyDay,
     /// 3c. Tombstones read per page after 100,000 deliveries into one feed (Cassandra tracing).
     Tombstones,
+    /// 3d. A pulled author with 100,000 followers: its post's statements, and its followers'
+    /// reads against a pushed-only reader (Cassandra).
+    Pulled,
     /// 5. Fan-out and reads on the embedded SQLite store.
     Embedded,
     /// 6. Lambda initialisation, event latency, peak RSS; bootstrap sizes.
     Lambda,
+    /// 7. Amazon Keyspaces request units per operation, counted from the statements run.
+    Keyspaces,
 }
 
 pub struct Ctx {
@@ -194,7 +203,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Reads,
         Command::BusyDay,
         Command::Tombstones,
+        Command::Pulled,
         Command::Lambda,
+        Command::Keyspaces,
     ]
     .into_iter()
     .any(wants);
@@ -233,6 +244,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         doc["tombstones"] = serde_json::to_value(r)?;
         save(&mut doc, "tombstones", started)?;
     }
+    if wants(Command::Pulled) {
+        let started = Instant::now();
+        let r = pulled::pulled(&ctx, cassandra.as_ref().unwrap()).await?;
+        doc["pulled"] = serde_json::to_value(r)?;
+        save(&mut doc, "pulled", started)?;
+    }
     if wants(Command::Embedded) {
         let started = Instant::now();
         doc["sqlite_fanout"] = serde_json::to_value(embedded::fanout_rate(&ctx).await?)?;
@@ -249,6 +266,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         doc["lambda"] = serde_json::to_value(r?)?;
         doc["bootstrap"] = serde_json::to_value(lambda::bootstraps(&ctx))?;
         save(&mut doc, "lambda", started)?;
+    }
+    if wants(Command::Keyspaces) {
+        let started = Instant::now();
+        let r = costs::keyspaces_units(&ctx, cassandra.as_ref().unwrap()).await?;
+        doc["keyspaces"] = serde_json::to_value(r)?;
+        save(&mut doc, "keyspaces", started)?;
     }
     doc["meta"]["seconds"] = json!(t0.elapsed().as_secs_f64());
     doc["meta"]["finished"] = json!(chrono::Utc::now().to_rfc3339());

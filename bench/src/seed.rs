@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use feeds::aggregate;
-use feeds::fanout::Fanout;
+use feeds::fanout::{Fanout, FanoutSettings};
 use feeds::model::{Activity, ActivityId, FollowEdge};
 use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
+use feeds::service::Feeds;
 use feeds::store::sqlite::SqliteDb;
 use feeds::store::{Store, TimelineEntry};
 use feeds::BoxError;
@@ -150,8 +151,14 @@ impl Deliverer {
         Ok(t0.elapsed().as_secs_f64())
     }
 
-    /// Runs what the jobs enqueued (next chunks, purges) until the queue is empty.
-    async fn drain(&self) -> Result<(), BoxError> {
+    /// The service over the same store and queue: what it enqueues, [`Deliverer::drain`] runs.
+    pub fn service(&self, settings: &FanoutSettings) -> Feeds {
+        Feeds::new(self.store.clone(), Arc::new(self.queue.clone()), settings)
+    }
+
+    /// Runs what the jobs enqueued (deliveries, next chunks, backfills, purges) until the queue
+    /// is empty.
+    pub async fn drain(&self) -> Result<(), BoxError> {
         loop {
             let messages = self.queue.receive(10).await?;
             if messages.is_empty() {

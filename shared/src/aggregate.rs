@@ -356,56 +356,106 @@ async fn day_groups(
     Ok(summaries)
 }
 
-/// The newest day at or before `max_day` that holds a pulled activity `pulled` shows.
-async fn next_pulled_day(
-    store: &dyn Store,
-    pulled: &[PulledFollowee],
-    max_day: Option<i32>,
-) -> Result<Option<i32>, StoreError> {
-    let before = max_day.and_then(|d| day_bounds(d).1);
-    let reads = pulled.iter().map(|p| {
-        let range = IdRange {
-            before: before.as_deref(),
-            not_before: p.floor.as_deref(),
-        };
-        store.pulled(&p.followee, range, 1)
-    });
-    let newest = futures::future::try_join_all(reads).await?;
-    Ok(newest
-        .iter()
-        .filter_map(|list| list.first())
-        .filter_map(|a| day_of_id(&a.id))
-        .max())
+/// The activities of the pulled authors a reader follows, read ahead newest first for one page:
+/// one read per author and page, more only when an author posted more than a read takes.
+struct PulledAhead<'a> {
+    store: &'a dyn Store,
+    authors: Vec<AuthorAhead<'a>>,
 }
 
-/// `groups` of `day` with the pulled activities of that day merged in.
-async fn with_pulled(
-    store: &dyn Store,
-    pulled: &[PulledFollowee],
+struct AuthorAhead<'a> {
+    followee: &'a PulledFollowee,
+    /// Read and not yet merged, newest first.
+    buffer: std::collections::VecDeque<Activity>,
+    /// The oldest id read so far: the next read starts below it.
+    read_below: Option<String>,
+    /// Nothing older is left to read.
+    done: bool,
+}
+
+/// Pulled activities a read takes per author.
+const PULLED_READ: usize = 200;
+
+impl<'a> PulledAhead<'a> {
+    fn new(store: &'a dyn Store, pulled: &'a [PulledFollowee]) -> Self {
+        let authors = pulled
+            .iter()
+            .map(|followee| AuthorAhead {
+                followee,
+                buffer: Default::default(),
+                read_below: None,
+                done: false,
+            })
+            .collect();
+        PulledAhead { store, authors }
+    }
+
+    /// Reads the next activities of each author whose buffer is empty, at or before `max_day`.
+    async fn fill(&mut self, max_day: Option<i32>) -> Result<(), StoreError> {
+        let day_end = max_day.and_then(|d| day_bounds(d).1);
+        let store = self.store;
+        let reads = self
+            .authors
+            .iter_mut()
+            .filter(|a| a.buffer.is_empty() && !a.done)
+            .map(|a| {
+                let before = match (&a.read_below, &day_end) {
+                    (Some(x), Some(y)) => Some(x.min(y).clone()),
+                    (x, y) => x.clone().or_else(|| y.clone()),
+                };
+                async move {
+                    let range = IdRange {
+                        before: before.as_deref(),
+                        not_before: a.followee.floor.as_deref(),
+                    };
+                    let list = store
+                        .pulled(&a.followee.followee, range, PULLED_READ)
+                        .await?;
+                    a.done = list.len() < PULLED_READ;
+                    a.read_below = list.last().map(|x| x.id.clone()).or(before);
+                    a.buffer.extend(list);
+                    Ok::<(), StoreError>(())
+                }
+            });
+        futures::future::try_join_all(reads).await?;
+        Ok(())
+    }
+
+    /// The newest day at or before `max_day` that holds a pulled activity.
+    async fn next_day(&mut self, max_day: Option<i32>) -> Result<Option<i32>, StoreError> {
+        self.fill(max_day).await?;
+        Ok(self
+            .authors
+            .iter()
+            .filter_map(|a| a.buffer.front())
+            .filter_map(|x| day_of_id(&x.id))
+            .max())
+    }
+
+    /// Every pulled activity of `day` (the newest day left), taken out of the buffers.
+    async fn take_day(&mut self, day: i32) -> Result<Vec<Activity>, StoreError> {
+        let mut out = Vec::new();
+        loop {
+            for a in &mut self.authors {
+                while a.buffer.front().and_then(|x| day_of_id(&x.id)) == Some(day) {
+                    out.extend(a.buffer.pop_front());
+                }
+            }
+            // An author whose buffer ran out within the day may have more of it.
+            if self.authors.iter().all(|a| !a.buffer.is_empty() || a.done) {
+                return Ok(out);
+            }
+            self.fill(Some(day)).await?;
+        }
+    }
+}
+
+/// `groups` of a day with that day's pulled `activities` merged in.
+fn merge_pulled(
+    mut activities: Vec<Activity>,
     grouping: Grouping,
-    day: i32,
     groups: Vec<GroupSummary>,
 ) -> Result<Vec<GroupSummary>, StoreError> {
-    let (start, end) = day_bounds(day);
-    let reads = pulled.iter().map(|p| {
-        let not_before = match &p.floor {
-            Some(floor) if *floor > start => floor.clone(),
-            _ => start.clone(),
-        };
-        let end = end.clone();
-        async move {
-            let range = IdRange {
-                before: end.as_deref(),
-                not_before: Some(&not_before),
-            };
-            store.pulled(&p.followee, range, SCAN_PAGE).await
-        }
-    });
-    let mut activities: Vec<Activity> = futures::future::try_join_all(reads)
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
     if activities.is_empty() {
         return Ok(groups);
     }
@@ -489,6 +539,7 @@ pub async fn page(
     )?;
     let mut buffer: std::collections::VecDeque<(i32, Vec<StoredGroup>)> = first.into();
     let mut stored_left = !buffer.is_empty();
+    let mut ahead = PulledAhead::new(store, &pulled);
     let mut out = Vec::with_capacity(limit);
     let mut last: Option<String> = None;
     loop {
@@ -497,10 +548,7 @@ pub async fn page(
             stored_left = !buffer.is_empty();
         }
         let stored_day = buffer.front().map(|(day, _)| *day);
-        let pulled_day = match pulled.is_empty() {
-            true => None,
-            false => next_pulled_day(store, &pulled, max_day).await?,
-        };
+        let pulled_day = ahead.next_day(max_day).await?;
         let Some(day) = stored_day.max(pulled_day) else {
             return Ok((out, None));
         };
@@ -510,7 +558,7 @@ pub async fn page(
         };
         let mut groups = day_groups(store, owner, grouping, day, rows, scan_time).await?;
         if pulled_day == Some(day) {
-            groups = with_pulled(store, &pulled, grouping, day, groups).await?;
+            groups = merge_pulled(ahead.take_day(day).await?, grouping, groups)?;
         }
         groups.sort_by(|a, b| b.newest_id.cmp(&a.newest_id));
         for summary in groups {

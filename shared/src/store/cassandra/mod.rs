@@ -12,9 +12,11 @@ mod rows;
 mod session;
 pub mod sigv4;
 mod store;
+mod tally;
 pub mod tls;
 
 pub use config::CassandraConfig;
 pub use migrate::{migrate, CLIENT_SIDE_TIMESTAMP_TABLES};
 pub use session::connect;
 pub use store::CassandraStore;
+pub use tally::{StatementCount, Tally};

@@ -21,6 +21,7 @@ use super::rows::{
     SwapCasRow, ACTIVITY_COLUMNS,
 };
 use super::session::LiveSession;
+use super::tally::Tally;
 use super::CassandraConfig;
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 use crate::store::{
@@ -105,6 +106,8 @@ pub struct CassandraStore {
     /// A foreign-id mapping whose activity is missing is taken over only when it is older than
     /// this: younger, the request that claimed it may still be writing the activity.
     claim_grace: Duration,
+    /// Counts what each statement would cost on Amazon Keyspaces, when set.
+    tally: Option<Arc<Tally>>,
 }
 
 impl CassandraStore {
@@ -201,7 +204,14 @@ impl CassandraStore {
             session: LiveSession::new(session, cfg),
             st,
             claim_grace,
+            tally: None,
         })
+    }
+
+    /// The same store, counting every statement it runs into `tally`.
+    pub fn counting(mut self, tally: Arc<Tally>) -> Self {
+        self.tally = Some(tally);
+        self
     }
 
     /// The session the store runs on now.
@@ -216,11 +226,16 @@ impl CassandraStore {
         values: impl SerializeRow,
     ) -> Result<QueryResult, StoreError> {
         let values = &values;
-        self.session
+        let result = self
+            .session
             .run(op, statement, |session| async move {
                 session.execute_unpaged(statement, values).await
             })
-            .await
+            .await?;
+        if let Some(tally) = &self.tally {
+            tally.record(statement, values, Some(&result));
+        }
+        Ok(result)
     }
 
     /// At most one row, by primary key.
@@ -263,6 +278,9 @@ impl CassandraStore {
                         .await
                 })
                 .await?;
+            if let Some(tally) = &self.tally {
+                tally.record(statement, values, Some(&result));
+            }
             let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
             for row in rows.rows::<R>().map_err(|e| store_error(op, e))? {
                 out.push(row.map_err(|e| store_error(op, e))?);
