@@ -574,6 +574,30 @@ async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
         (
             StatusCode::BAD_REQUEST,
             Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "to": (0..101).map(|i| format!("u{i}")).collect::<Vec<_>>()}).to_string()),
+            "to with 101 distinct users",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "to": [you, "a/b"]}).to_string()),
+            "to with a bad id",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "to": you}).to_string()),
+            "to not a list",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
             "/follow".into(),
             Some(mine.clone()),
             Some(json!({"follower": me, "following": me}).to_string()),
@@ -773,6 +797,81 @@ async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
     assert_unchanged(&api, server.queue(), &[&me, &you], &before, "a bad request").await;
 }
 
+/// `to` is checked, its repeats dropped in order, and it travels with the activity into every copy;
+/// an activity without it shows `[]`.
+async fn to_is_kept_in_order_and_served_everywhere(server: &Server) {
+    let api = Api::new(server);
+    let (actor, fan, a, b) = (unique("actor"), unique("fan"), unique("a"), unique("b"));
+    api.follow(&fan, &actor).await;
+    let hundred: Vec<String> = (0..100).map(|i| format!("{a}_{i}")).collect();
+    let mut with_repeats = hundred.clone();
+    with_repeats.extend(hundred.iter().take(10).cloned());
+    let full = api
+        .post(
+            &actor,
+            json!({"actor": actor, "object": "o1", "to": with_repeats}),
+        )
+        .await;
+    assert_eq!(
+        full.status,
+        StatusCode::CREATED,
+        "100 distinct users: {}",
+        full.body
+    );
+    assert_eq!(
+        full.body["to"],
+        json!(hundred),
+        "repeats dropped, order kept"
+    );
+    let posted = api
+        .post(
+            &actor,
+            json!({"actor": actor, "object": "o2", "to": [b, a, b, actor]}),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+    assert_eq!(posted.body["to"], json!([b, a, actor]));
+    let plain = api
+        .post(&actor, json!({"actor": actor, "object": "o3"}))
+        .await;
+    assert_eq!(plain.body["to"], json!([]), "absent: []");
+    let nulled = api
+        .post(&actor, json!({"actor": actor, "object": "o4", "to": null}))
+        .await;
+    assert_eq!(nulled.body["to"], json!([]), "null: []");
+    eventually("delivered", FANOUT, || async {
+        api.flat_ids(&fan).await.len() == 4
+    })
+    .await;
+    let by_object = |list: &Value| -> Vec<(String, Value)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["object"].as_str().unwrap().to_owned(), x["to"].clone()))
+            .collect()
+    };
+    let expected = vec![
+        ("o4".to_owned(), json!([])),
+        ("o3".to_owned(), json!([])),
+        ("o2".to_owned(), json!([b, a, actor])),
+        ("o1".to_owned(), json!(hundred)),
+    ];
+    let flat = api.get("/feeds/flat?limit=10", &token(&fan)).await;
+    assert_eq!(by_object(&flat.body["results"]), expected, "flat feed");
+    let mine = api
+        .get(&format!("/feeds/user/{actor}?limit=10"), &token(&fan))
+        .await;
+    assert_eq!(by_object(&mine.body["results"]), expected, "user feed");
+    let grouped = api.get("/feeds/aggregated?limit=10", &token(&fan)).await;
+    let groups = grouped.body["results"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{}", grouped.body);
+    assert_eq!(
+        by_object(&groups[0]["activities"]),
+        expected,
+        "aggregated feed"
+    );
+}
+
 async fn health_answers_without_a_token(server: &Server) {
     let api = Api::new(server);
     let health = api.send(Method::GET, "/health", None, None).await;
@@ -803,4 +902,5 @@ on_both_backends!(
     delete_removes_activity_from_followers_feeds,
     repost_with_same_foreign_id_is_idempotent,
     bad_requests_are_refused_and_change_nothing,
+    to_is_kept_in_order_and_served_everywhere,
 );

@@ -42,6 +42,8 @@ pub enum Grouping {
     VerbDay,
     /// `"<verb>:<actor>:<YYYY-MM-DD>"`.
     VerbActorDay,
+    /// `"<verb>:<object>:<YYYY-MM-DD>"`: notification feeds.
+    VerbObjectDay,
 }
 
 impl std::str::FromStr for Grouping {
@@ -63,6 +65,7 @@ impl Grouping {
         match self {
             Grouping::VerbDay => format!("{}:{day}", a.verb),
             Grouping::VerbActorDay => format!("{}:{}:{day}", a.verb, a.actor),
+            Grouping::VerbObjectDay => format!("{}:{}:{day}", a.verb, a.object),
         }
     }
 
@@ -71,6 +74,7 @@ impl Grouping {
         match self {
             Grouping::VerbDay => "verb_day",
             Grouping::VerbActorDay => "verb_actor_day",
+            Grouping::VerbObjectDay => "notification",
         }
     }
 
@@ -356,6 +360,18 @@ async fn day_groups(
     Ok(summaries)
 }
 
+/// The ids of the groups that `owner`'s timeline holds activities of on `day`, from one scan of
+/// its rows (not its stored groups, which lag behind the rows).
+pub async fn live_group_keys(
+    store: &dyn Store,
+    owner: &str,
+    grouping: Grouping,
+    day: i32,
+) -> Result<HashSet<String>, StoreError> {
+    let rows = scan_day(store, owner, day).await?;
+    Ok(rows.iter().map(|a| grouping.key(a)).collect())
+}
+
 /// The activities of the pulled authors a reader follows, read ahead newest first for one page:
 /// one read per author and page, more only when an author posted more than a read takes.
 struct PulledAhead<'a> {
@@ -603,6 +619,7 @@ mod tests {
             target: None,
             time,
             foreign_id: None,
+            to: Vec::new(),
             extra: None,
         }
     }

@@ -17,6 +17,7 @@ use crate::model::{
     check_user_id, truncate_to_micros, Activity, ActivityId, FollowEdge, FollowRequest,
     NewActivity, Relation, ValidationError,
 };
+use crate::notify;
 use crate::queue::{FanoutJob, Queue, QueueError};
 use crate::store::{IdRange, Store, StoreError};
 
@@ -27,6 +28,7 @@ pub struct Feeds {
     queue: Arc<dyn Queue>,
     grouping: Grouping,
     pull_threshold: usize,
+    chunk_size: usize,
 }
 
 /// What `GET /health` reports: each dependency, reachable or not.
@@ -42,6 +44,7 @@ impl Feeds {
             queue,
             grouping: settings.grouping,
             pull_threshold: settings.pull_threshold,
+            chunk_size: settings.chunk_size,
         }
     }
 
@@ -130,15 +133,24 @@ impl Feeds {
                     .await?
                     .is_some(),
             };
+            let mut jobs = Vec::with_capacity(2);
             if pulled {
                 self.store.put_pulled(&stored).await?;
             } else {
-                let job = FanoutJob::Deliver {
+                jobs.push(FanoutJob::Deliver {
                     activity_id: stored.id.clone(),
                     actor: stored.actor.clone(),
                     after: None,
-                };
-                self.queue.send(&[job]).await?;
+                });
+            }
+            if !notify::recipients(&stored).is_empty() {
+                jobs.push(FanoutJob::Notify {
+                    activity_id: stored.id.clone(),
+                    from: 0,
+                });
+            }
+            if !jobs.is_empty() {
+                self.queue.send(&jobs).await?;
             }
             Ok::<bool, Error>(pulled)
         };
@@ -201,13 +213,20 @@ impl Feeds {
             "only the actor (or a feeds:admin service) may delete its activities",
         )?;
         // The removal first: if the delete then fails, the retry finds the activity and repeats both.
-        self.queue
-            .send(&[FanoutJob::Retract {
+        let mut jobs = vec![FanoutJob::Retract {
+            activity_id: id.to_owned(),
+            actor: activity.actor.clone(),
+            after: None,
+        }];
+        let recipients = notify::recipients(&activity);
+        for users in recipients.chunks(self.chunk_size.max(1)) {
+            jobs.push(FanoutJob::Unnotify {
                 activity_id: id.to_owned(),
-                actor: activity.actor.clone(),
-                after: None,
-            }])
-            .await?;
+                group: notify::group_of(&activity),
+                users: users.to_vec(),
+            });
+        }
+        self.queue.send(&jobs).await?;
         self.store.delete_activity(&activity).await?;
         Ok(())
     }
@@ -265,6 +284,28 @@ impl Feeds {
         let store = self.store.as_ref();
         let time = aggregate::scan_time;
         Ok(aggregate::page(store, owner, self.grouping, from.as_ref(), limit, time).await?)
+    }
+
+    /// A page of the principal's notification feed from `from`.
+    pub async fn notifications(
+        &self,
+        owner: &str,
+        from: Option<GroupPosition>,
+        limit: usize,
+    ) -> Result<notify::NotificationPage> {
+        Ok(notify::page(self.store.as_ref(), owner, from.as_ref(), limit).await?)
+    }
+
+    /// Marks groups of `owner`'s notification feed seen (and read, when `read`); answers the
+    /// counts after the change: (unseen, unread).
+    pub async fn mark_notifications(
+        &self,
+        owner: &str,
+        req: notify::MarkRequest,
+        read: bool,
+    ) -> Result<(usize, usize)> {
+        let marked = req.into_marked()?;
+        Ok(notify::mark(self.store.as_ref(), owner, &marked, read).await?)
     }
 
     /// `user`'s followers, or the users `user` follows, ordered by id, after `after`.

@@ -29,6 +29,7 @@ async fn post(store: &CassandraStore, actor: &str) -> Activity {
         target: None,
         time,
         foreign_id: None,
+        to: Vec::new(),
         extra: None,
     };
     store.put_activity(&activity).await.unwrap();

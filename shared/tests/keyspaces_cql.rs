@@ -76,11 +76,18 @@ fn schema_statements(schema: &str) -> Vec<String> {
 
 /// The table a DML statement writes or reads, without its keyspace.
 fn dml_table(upper: &str) -> Option<String> {
-    let rest = ["INSERT INTO ", "UPDATE ", "DELETE FROM ", "SELECT "]
-        .iter()
-        .find_map(|verb| upper.strip_prefix(verb))?;
+    let rest = [
+        "INSERT INTO ",
+        "UPDATE ",
+        "DELETE FROM ",
+        "DELETE ",
+        "SELECT ",
+    ]
+    .iter()
+    .find_map(|verb| upper.strip_prefix(verb))?;
+    // `SELECT <columns> FROM t`, `DELETE <columns> FROM t`.
     let rest = match rest.find(" FROM ") {
-        Some(at) if upper.starts_with("SELECT ") => &rest[at + 6..],
+        Some(at) if upper.starts_with("SELECT ") || upper.starts_with("DELETE ") => &rest[at + 6..],
         _ => rest,
     };
     let name = rest.split([' ', '(']).next()?;

@@ -36,7 +36,7 @@ pub enum Routes {
     Follow,
     /// `POST /activities`, `DELETE /activities/{id}`.
     PostActivity,
-    /// The feeds and the follower lists.
+    /// The feeds (with the notification feed's marks) and the follower lists.
     GetFeed,
 }
 
@@ -63,6 +63,9 @@ pub fn router(app: App, routes: Routes) -> Router {
             .route("/feeds/flat", authed(get(flat_feed)))
             .route("/feeds/aggregated", authed(get(aggregated_feed)))
             .route("/feeds/user/{user}", authed(get(user_feed)))
+            .route("/feeds/notification", authed(get(notification_feed)))
+            .route("/feeds/notification/seen", authed(post(mark_seen)))
+            .route("/feeds/notification/read", authed(post(mark_read)))
             .route("/users/{user}/followers", authed(get(followers)))
             .route("/users/{user}/following", authed(get(following)));
     }

@@ -32,6 +32,20 @@ pub enum FanoutJob {
         author: String,
         after: Option<String>,
     },
+    /// Copy activity `activity_id` into the notification feeds of the users its `to` names (its
+    /// actor excepted), from the `from`-th of them on.
+    Notify {
+        activity_id: String,
+        #[serde(default)]
+        from: usize,
+    },
+    /// Remove activity `activity_id`, of notification group `group`, from the notification feeds
+    /// of `users`.
+    Unnotify {
+        activity_id: String,
+        group: String,
+        users: Vec<String>,
+    },
 }
 
 impl FanoutJob {

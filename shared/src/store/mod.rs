@@ -93,6 +93,14 @@ pub struct GroupWrite {
     pub summary: Option<GroupSummary>,
 }
 
+/// The groups of a notification feed that are unseen, and those unread (read implies seen, so
+/// `unseen` is a subset of `unread`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotificationMarks {
+    pub unseen: std::collections::HashSet<String>,
+    pub unread: std::collections::HashSet<String>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cheap query that proves the store answers.
@@ -215,4 +223,23 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_pulled_followee(&self, user: &str, followee: &str) -> Result<(), StoreError>;
     /// The pulled authors `user` follows.
     async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError>;
+
+    /// Which groups of the notification feed `owner` are unseen and unread.
+    async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError>;
+    /// Makes `keys` unseen and unread as of `at_us`: a removal with a later time wins over it, one
+    /// with an earlier time loses.
+    async fn add_notification_marks(
+        &self,
+        owner: &str,
+        keys: &[String],
+        at_us: i64,
+    ) -> Result<(), StoreError>;
+    /// Makes `keys` (every group when `None`) seen, and read too when `read`, as of `at_us`.
+    async fn remove_notification_marks(
+        &self,
+        owner: &str,
+        keys: Option<&[String]>,
+        read: bool,
+        at_us: i64,
+    ) -> Result<(), StoreError>;
 }

@@ -17,16 +17,16 @@ use scylla::value::Row;
 use super::errors::store_error;
 use super::rows::{
     activity_values, ActivityRow, AppliedRow, CasRow, CreatedRow, EdgeCasRow, EdgeState,
-    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, PulledFolloweeRow,
-    SwapCasRow, ACTIVITY_COLUMNS,
+    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, MarksRow,
+    PulledFolloweeRow, SwapCasRow, ACTIVITY_COLUMNS,
 };
 use super::session::LiveSession;
 use super::tally::Tally;
 use super::CassandraConfig;
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 use crate::store::{
-    DayRange, GroupRef, GroupWrite, IdRange, PulledFollowee, Store, StoreError, StoredGroup,
-    TimelineEntry,
+    DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store, StoreError,
+    StoredGroup, TimelineEntry,
 };
 
 /// How many rows or writes are in flight at once for one `insert_timeline` / `delete_timeline`.
@@ -98,6 +98,12 @@ struct Statements {
     pulled_followee_put: PreparedStatement,
     pulled_followee_delete: PreparedStatement,
     pulled_followees: PreparedStatement,
+    marks_get: PreparedStatement,
+    marks_add: PreparedStatement,
+    unseen_remove: PreparedStatement,
+    marks_remove: PreparedStatement,
+    unseen_clear: PreparedStatement,
+    marks_clear: PreparedStatement,
 }
 
 pub struct CassandraStore {
@@ -131,13 +137,13 @@ impl CassandraStore {
             prepare(s, format!("SELECT id, claimed_us FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ?"), true),
             prepare(s, format!("UPDATE {ks}.activity_foreign_ids SET id = ?, claimed_us = ? WHERE actor = ? AND foreign_id = ? IF id = ?"), false),
             prepare(s, format!("DELETE FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ? IF id = ?"), false),
-            prepare(s, format!("INSERT INTO {ks}.activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.activities WHERE id = ?"), true),
             prepare(s, format!("DELETE FROM {ks}.activities WHERE id = ?"), true),
-            prepare(s, format!("INSERT INTO {ks}.user_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.user_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("DELETE FROM {ks}.user_activities WHERE actor = ? AND id = ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.user_activities WHERE actor = ? AND id < ? AND id >= ? LIMIT ?"), true),
-            prepare(s, format!("INSERT INTO {ks}.timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("DELETE FROM {ks}.timeline WHERE owner = ? AND id = ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.timeline WHERE owner = ? AND id < ? AND id >= ? LIMIT ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.timeline WHERE owner = ? AND id = ?"), true),
@@ -149,13 +155,19 @@ impl CassandraStore {
             prepare(s, format!("DELETE FROM {ks}.feed_groups USING TIMESTAMP ? WHERE owner = ? AND feed = ? AND day < ?"), true),
             prepare(s, format!("SELECT actor FROM {ks}.pulled_authors WHERE actor = ?"), true),
             prepare(s, format!("INSERT INTO {ks}.pulled_authors (actor, marked_us) VALUES (?, ?)"), true),
-            prepare(s, format!("INSERT INTO {ks}.pulled_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.pulled_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.pulled_activities WHERE actor = ? AND id = ?"), true),
             prepare(s, format!("DELETE FROM {ks}.pulled_activities WHERE actor = ? AND id = ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.pulled_activities WHERE actor = ? AND id < ? AND id >= ? LIMIT ?"), true),
             prepare(s, format!("INSERT INTO {ks}.pulled_followees (user, followee, floor) VALUES (?, ?, ?)"), true),
             prepare(s, format!("DELETE FROM {ks}.pulled_followees WHERE user = ? AND followee = ?"), true),
             prepare(s, format!("SELECT followee, floor FROM {ks}.pulled_followees WHERE user = ?"), true),
+            prepare(s, format!("SELECT unseen, unread FROM {ks}.notification_marks WHERE owner = ?"), true),
+            prepare(s, format!("UPDATE {ks}.notification_marks USING TIMESTAMP ? SET unseen = unseen + ?, unread = unread + ? WHERE owner = ?"), true),
+            prepare(s, format!("UPDATE {ks}.notification_marks USING TIMESTAMP ? SET unseen = unseen - ? WHERE owner = ?"), true),
+            prepare(s, format!("UPDATE {ks}.notification_marks USING TIMESTAMP ? SET unseen = unseen - ?, unread = unread - ? WHERE owner = ?"), true),
+            prepare(s, format!("DELETE unseen FROM {ks}.notification_marks USING TIMESTAMP ? WHERE owner = ?"), true),
+            prepare(s, format!("DELETE unseen, unread FROM {ks}.notification_marks USING TIMESTAMP ? WHERE owner = ?"), true),
         )?;
         let st = Statements {
             health: st.0,
@@ -195,6 +207,12 @@ impl CassandraStore {
             pulled_followee_put: st.34,
             pulled_followee_delete: st.35,
             pulled_followees: st.36,
+            marks_get: st.37,
+            marks_add: st.38,
+            unseen_remove: st.39,
+            marks_remove: st.40,
+            unseen_clear: st.41,
+            marks_clear: st.42,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -730,7 +748,7 @@ impl Store for CassandraStore {
         let writes: Vec<_> = entries
             .iter()
             .map(|TimelineEntry { owner, activity }| {
-                let (id, actor, verb, object, target, time_us, foreign_id, extra) =
+                let (id, actor, verb, object, target, time_us, foreign_id, extra, to) =
                     activity_values(activity);
                 let values = (
                     owner.as_str(),
@@ -742,6 +760,7 @@ impl Store for CassandraStore {
                     time_us,
                     foreign_id,
                     extra,
+                    to,
                 );
                 self.execute("insert_timeline", &self.st.timeline_insert, values)
             })
@@ -987,6 +1006,66 @@ impl Store for CassandraStore {
             })
             .collect())
     }
+
+    async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {
+        let row: Option<MarksRow> = self
+            .get_row("notification_marks", &self.st.marks_get, (owner,))
+            .await?;
+        Ok(
+            row.map_or_else(NotificationMarks::default, |r| NotificationMarks {
+                unseen: r.unseen.unwrap_or_default(),
+                unread: r.unread.unwrap_or_default(),
+            }),
+        )
+    }
+
+    async fn add_notification_marks(
+        &self,
+        owner: &str,
+        keys: &[String],
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.execute(
+            "add_notification_marks",
+            &self.st.marks_add,
+            (at_us, keys, keys, owner),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn remove_notification_marks(
+        &self,
+        owner: &str,
+        keys: Option<&[String]>,
+        read: bool,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        let op = "remove_notification_marks";
+        match (keys, read) {
+            (Some([]), _) => return Ok(()),
+            (Some(keys), false) => {
+                self.execute(op, &self.st.unseen_remove, (at_us, keys, owner))
+                    .await?
+            }
+            (Some(keys), true) => {
+                self.execute(op, &self.st.marks_remove, (at_us, keys, keys, owner))
+                    .await?
+            }
+            (None, false) => {
+                self.execute(op, &self.st.unseen_clear, (at_us, owner))
+                    .await?
+            }
+            (None, true) => {
+                self.execute(op, &self.st.marks_clear, (at_us, owner))
+                    .await?
+            }
+        };
+        Ok(())
+    }
 }
 
 /// Runs the writes with at most [`WRITE_CONCURRENCY`] in flight; the first error wins.
@@ -1044,6 +1123,7 @@ mod tests {
             target: None,
             time,
             foreign_id: Some(foreign_id.to_owned()),
+            to: Vec::new(),
             extra: None,
         }
     }
