@@ -872,6 +872,168 @@ async fn to_is_kept_in_order_and_served_everywhere(server: &Server) {
     );
 }
 
+/// A batch: every edge checked and authorized before any is written, answered in order, each new
+/// edge backfilled.
+async fn batch_follow_is_all_or_nothing(server: &Server) {
+    let api = Api::new(server);
+    let (me, a, b, other) = (unique("me"), unique("a"), unique("b"), unique("other"));
+    api.post(&a, json!({"actor": a, "object": "oa"})).await;
+    api.post(&b, json!({"actor": b, "object": "ob"})).await;
+    assert_eq!(api.follow(&me, &a).await.status, StatusCode::CREATED);
+    let mine = token(&me);
+    let batch = |follows: Value| {
+        api.send(
+            Method::POST,
+            "/follow/batch",
+            Some(&mine),
+            Some(json!({ "follows": follows })),
+        )
+    };
+    let refused = [
+        (
+            json!([{"follower": me, "following": b}, {"follower": me, "following": me}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"follower": me, "following": b}, {"follower": me, "following": "a/b"}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"follower": me, "following": b}, {"follower": me}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!([]), StatusCode::BAD_REQUEST),
+        (
+            json!((0..101)
+                .map(|i| json!({"follower": me, "following": format!("u{i}")}))
+                .collect::<Vec<_>>()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"follower": me, "following": b}, {"follower": other, "following": b}]),
+            StatusCode::FORBIDDEN,
+        ),
+        // Validity before authorization: a bad edge anywhere is 400 even beside another's edge.
+        (
+            json!([{"follower": other, "following": b}, {"follower": me, "following": me}]),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (follows, status) in refused {
+        let answer = batch(follows.clone()).await;
+        assert_eq!(answer.status, status, "{follows}: {}", answer.body);
+    }
+    until_drained(server.queue(), FANOUT).await;
+    assert_eq!(api.following(&me).await, [a.clone()], "nothing was written");
+
+    let answer = batch(json!([
+        {"follower": me, "following": b},
+        {"follower": me, "following": a},
+        {"follower": me, "following": b},
+    ]))
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let results = answer.body["results"].as_array().unwrap();
+    let summary: Vec<(&str, bool)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["following"].as_str().unwrap(),
+                r["created"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [(b.as_str(), true), (a.as_str(), false), (b.as_str(), false)]
+    );
+    assert_eq!(results[0]["created_at"], results[2]["created_at"]);
+    assert!(results.iter().all(|r| r["follower"] == json!(me)));
+    let mut following = api.following(&me).await;
+    following.sort();
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(following, expected);
+    eventually("the new edge is backfilled", FANOUT, || async {
+        api.flat_ids(&me).await.len() == 2
+    })
+    .await;
+}
+
+async fn counts_of(api: &Api, user: &str, reader: &str) -> (u64, u64, u64) {
+    let answer = api.get(&format!("/users/{user}"), &token(reader)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["user"], json!(user));
+    let n = |k: &str| answer.body[k].as_u64().unwrap();
+    (n("followers"), n("following"), n("activities"))
+}
+
+/// `GET /users/{user}`: exact once the queue has drained, through retries of a follow, a delete,
+/// and a follow and an unfollow of the same edge racing.
+async fn user_counts_are_exact(server: &Server) {
+    let api = Api::new(server);
+    let (star, a, b, reader) = (unique("star"), unique("a"), unique("b"), unique("reader"));
+    assert_eq!(
+        counts_of(&api, &star, &reader).await,
+        (0, 0, 0),
+        "nobody yet"
+    );
+    for _ in 0..3 {
+        api.follow(&a, &star).await;
+    }
+    api.follow(&b, &star).await;
+    api.follow(&star, &a).await;
+    let first = api
+        .post(&star, json!({"actor": star, "object": "o1"}))
+        .await;
+    api.post(
+        &star,
+        json!({"actor": star, "object": "o2", "foreign_id": "f"}),
+    )
+    .await;
+    api.post(
+        &star,
+        json!({"actor": star, "object": "o2", "foreign_id": "f"}),
+    )
+    .await;
+    let id = first.body["id"].as_str().unwrap();
+    let deleted = api
+        .send(
+            Method::DELETE,
+            &format!("/activities/{id}"),
+            Some(&token(&star)),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    until_drained(server.queue(), FANOUT).await;
+    assert_eq!(counts_of(&api, &star, &reader).await, (2, 1, 1));
+    assert_eq!(counts_of(&api, &a, &reader).await, (1, 1, 0));
+
+    // Follows and unfollows of one edge at once: the count agrees with the edge left.
+    let racer = unique("racer");
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (api, racer, star) = (Api::new(server), racer.clone(), star.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                api.follow(&racer, &star).await.status
+            } else {
+                api.unfollow(&racer, &star).await.status
+            }
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_success());
+    }
+    until_drained(server.queue(), FANOUT).await;
+    let edge = api.following(&racer).await.contains(&star) as u64;
+    assert_eq!(counts_of(&api, &star, &reader).await.0, 2 + edge);
+    assert_eq!(counts_of(&api, &racer, &reader).await.1, edge);
+    let bad = api.get("/users/a%2Fb", &token(&reader)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
 async fn health_answers_without_a_token(server: &Server) {
     let api = Api::new(server);
     let health = api.send(Method::GET, "/health", None, None).await;
@@ -903,4 +1065,6 @@ on_both_backends!(
     repost_with_same_foreign_id_is_idempotent,
     bad_requests_are_refused_and_change_nothing,
     to_is_kept_in_order_and_served_everywhere,
+    batch_follow_is_all_or_nothing,
+    user_counts_are_exact,
 );

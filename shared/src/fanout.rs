@@ -313,6 +313,11 @@ impl Fanout {
                     }
                 }
             }
+            FanoutJob::Recount {
+                user,
+                what,
+                asked_us,
+            } => self.store.recount(user, *what, *asked_us).await?,
             FanoutJob::Adopt { author, after } => {
                 // Its followers are walked only once the mark is visible: a follow after this
                 // walk read its page then sees the mark in its own backfill.

@@ -129,6 +129,24 @@ pub struct FollowRequest {
     pub following: String,
 }
 
+/// Most edges one `POST /follow/batch` takes.
+pub const MAX_FOLLOW_BATCH: usize = 100;
+
+/// The body of `POST /follow/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowBatch {
+    pub follows: Vec<FollowRequest>,
+}
+
+/// One edge of a batch's answer: the edge, and whether this batch created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchedEdge {
+    #[serde(flatten)]
+    pub edge: FollowEdge,
+    pub created: bool,
+}
+
 /// A follow edge: `follower` receives the activities of `following`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FollowEdge {

@@ -8,7 +8,8 @@
 //! before it writes the row, a mark removes as of the time it runs, so a delivery and a mark that
 //! race settle in the order they happened, and a redelivered message (whose row is already there)
 //! adds nothing. The counts are the sizes of the sets: one single-row read, never a scan. A group
-//! left with no activity (a delete, a trim) leaves the sets as of the scan that found it empty.
+//! left with no activity (a delete, a trim) leaves the sets once a scan of its day finds no row of
+//! it ([`prune`]).
 
 use std::collections::HashSet;
 

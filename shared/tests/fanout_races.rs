@@ -13,8 +13,8 @@ use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{
-    DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store, StoreError,
-    StoredGroup, TimelineEntry,
+    Counted, DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store,
+    StoreError, StoredGroup, TimelineEntry, UserCounts,
 };
 use feeds_testkit::wait::drain_embedded;
 use serde_json::Value;
@@ -217,6 +217,12 @@ impl Store for GatedStore {
     }
     async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError> {
         self.inner.pulled_followees(user).await
+    }
+    async fn user_counts(&self, user: &str) -> Result<UserCounts, StoreError> {
+        self.inner.user_counts(user).await
+    }
+    async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError> {
+        self.inner.recount(user, what, asked_us).await
     }
     async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {
         self.inner.notification_marks(owner).await

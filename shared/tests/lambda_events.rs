@@ -75,12 +75,27 @@ async fn follow_function_answers_its_sample_events() {
     assert!(f.store.is_following("usr_02", "usr_01").await.unwrap());
     assert_eq!(
         f.queue.depth().await.unwrap().0,
-        1,
-        "a backfill job is enqueued"
+        3,
+        "a backfill job and the recounts of both users are enqueued"
     );
     let (status, _) = invoke(&f.app, Routes::Follow, "unfollow.json").await;
     assert_eq!(status, 204);
     assert!(!f.store.is_following("usr_02", "usr_01").await.unwrap());
+    let (status, body) = invoke(&f.app, Routes::Follow, "follow-batch.json").await;
+    assert_eq!(status, 200, "{body}");
+    let created: Vec<(&str, bool)> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["following"].as_str().unwrap(),
+                r["created"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(created, [("usr_01", true), ("usr_03", true)]);
+    assert!(f.store.is_following("usr_02", "usr_03").await.unwrap());
     let (status, body) = invoke(&f.app, Routes::Follow, "get-feed.json").await;
     assert_eq!(status, 404, "a function serves only its own routes: {body}");
 }
@@ -159,6 +174,12 @@ async fn get_feed_function_answers_its_sample_events() {
     assert_eq!(
         (status, body),
         (200, serde_json::json!({"unseen": 0, "unread": 0}))
+    );
+    let (status, body) = invoke(&f.app, Routes::GetFeed, "user-counts.json").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"user": "usr_01", "followers": 1, "following": 0, "activities": 1})
     );
     let (status, body) = invoke(&f.app, Routes::GetFeed, "followers.json").await;
     assert_eq!(status, 200);

@@ -14,7 +14,7 @@ use super::App;
 use crate::aggregate::GroupPosition;
 use crate::auth::Principal;
 use crate::cursor::{CursorCodec, InvalidCursor};
-use crate::model::{Activity, FollowRequest, NewActivity};
+use crate::model::{Activity, FollowBatch, FollowRequest, NewActivity};
 use crate::notify::MarkRequest;
 use crate::service::Side;
 
@@ -117,6 +117,15 @@ pub(super) async fn follow(
 ) -> Answer {
     let (edge, created) = app.feeds.follow(&principal, req).await?;
     Ok(created_or_ok(created, edge))
+}
+
+pub(super) async fn follow_batch(
+    State(app): State<App>,
+    principal: Principal,
+    JsonBody(batch): JsonBody<FollowBatch>,
+) -> Answer {
+    let results = app.feeds.follow_batch(&principal, batch).await?;
+    Ok(Json(json!({ "results": results })).into_response())
 }
 
 pub(super) async fn unfollow(
@@ -265,6 +274,17 @@ async fn mark(
         .mark_notifications(&principal.sub, req, read)
         .await?;
     Ok(Json(json!({"unseen": unseen, "unread": unread})).into_response())
+}
+
+pub(super) async fn user_counts(State(app): State<App>, Path(user): Path<String>) -> Answer {
+    let counts = app.feeds.user_counts(&user).await?;
+    Ok(Json(json!({
+        "user": user,
+        "followers": counts.followers,
+        "following": counts.following,
+        "activities": counts.activities,
+    }))
+    .into_response())
 }
 
 pub(super) async fn followers(state: State<App>, user: Path<String>, q: ListQuery) -> Answer {

@@ -93,6 +93,23 @@ pub struct GroupWrite {
     pub summary: Option<GroupSummary>,
 }
 
+/// What `GET /users/{user}` answers: exact once the work the changes enqueued has run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UserCounts {
+    pub followers: u64,
+    pub following: u64,
+    pub activities: u64,
+}
+
+/// One of a user's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counted {
+    Followers,
+    Following,
+    Activities,
+}
+
 /// The groups of a notification feed that are unseen, and those unread (read implies seen, so
 /// `unseen` is a subset of `unread`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -223,6 +240,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_pulled_followee(&self, user: &str, followee: &str) -> Result<(), StoreError>;
     /// The pulled authors `user` follows.
     async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError>;
+
+    /// `user`'s counts as last computed (zeros for a user nobody has seen).
+    async fn user_counts(&self, user: &str) -> Result<UserCounts, StoreError>;
+    /// Makes `user`'s count of `what` exact again, from its rows, unless a count that began after
+    /// `asked_us` did already. A store that keeps its counts exact as it writes does nothing.
+    async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError>;
 
     /// Which groups of the notification feed `owner` are unseen and unread.
     async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError>;

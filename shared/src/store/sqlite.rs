@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, NotificationMarks, PulledFollowee,
-    Store, StoreError, StoredGroup, TimelineEntry,
+    Counted, DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, NotificationMarks,
+    PulledFollowee, Store, StoreError, StoredGroup, TimelineEntry, UserCounts,
 };
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 
@@ -47,6 +47,26 @@ CREATE TABLE IF NOT EXISTS notification_marks (
 CREATE TABLE IF NOT EXISTS notification_clears (
     owner TEXT NOT NULL, kind INTEGER NOT NULL, cleared_us INTEGER NOT NULL,
     PRIMARY KEY (owner, kind)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_counts (
+    user TEXT PRIMARY KEY, followers INTEGER NOT NULL DEFAULT 0,
+    following INTEGER NOT NULL DEFAULT 0, activities INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS follows_counted AFTER INSERT ON follows BEGIN
+    INSERT INTO user_counts (user, followers) VALUES (NEW.following, 1)
+        ON CONFLICT DO UPDATE SET followers = followers + 1;
+    INSERT INTO user_counts (user, following) VALUES (NEW.follower, 1)
+        ON CONFLICT DO UPDATE SET following = following + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS unfollows_counted AFTER DELETE ON follows BEGIN
+    UPDATE user_counts SET followers = followers - 1 WHERE user = OLD.following;
+    UPDATE user_counts SET following = following - 1 WHERE user = OLD.follower;
+END;
+CREATE TRIGGER IF NOT EXISTS activities_counted AFTER INSERT ON activities BEGIN
+    INSERT INTO user_counts (user, activities) VALUES (NEW.actor, 1)
+        ON CONFLICT DO UPDATE SET activities = activities + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS deletes_counted AFTER DELETE ON activities BEGIN
+    UPDATE user_counts SET activities = activities - 1 WHERE user = OLD.actor;
+END;
 CREATE TABLE IF NOT EXISTS pulled_followees (
     user TEXT NOT NULL, followee TEXT NOT NULL, floor TEXT,
     PRIMARY KEY (user, followee)) WITHOUT ROWID;
@@ -61,6 +81,16 @@ const ADDED_COLUMNS: [(&str, &str); 3] = [
     ("timeline", "recipients TEXT"),
     ("pulled_activities", "recipients TEXT"),
 ];
+
+/// Fills `user_counts` from the rows of a file written before it existed.
+const COUNT_EXISTING: &str = "
+INSERT INTO user_counts (user, followers) SELECT following, COUNT(*) FROM follows WHERE true
+    GROUP BY following ON CONFLICT DO UPDATE SET followers = excluded.followers;
+INSERT INTO user_counts (user, following) SELECT follower, COUNT(*) FROM follows WHERE true
+    GROUP BY follower ON CONFLICT DO UPDATE SET following = excluded.following;
+INSERT INTO user_counts (user, activities) SELECT actor, COUNT(*) FROM activities WHERE true
+    GROUP BY actor ON CONFLICT DO UPDATE SET activities = excluded.activities;
+";
 
 /// `notification_marks.kind`: an unseen group, an unread group.
 const UNSEEN: i64 = 0;
@@ -91,8 +121,16 @@ impl SqliteDb {
             true,
         )
         .map_err(internal)?;
+        let counted = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'user_counts'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
         add_columns(&conn).map_err(internal)?;
+        if !counted {
+            // A file from before the counts: count what it holds once; triggers keep it since.
+            conn.execute_batch(COUNT_EXISTING).map_err(internal)?;
+        }
         Ok(SqliteDb {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -723,6 +761,33 @@ impl Store for SqliteStore {
                 rows.collect()
             })
             .await
+    }
+
+    async fn user_counts(&self, user: &str) -> Result<UserCounts, StoreError> {
+        let user = user.to_owned();
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT followers, following, activities FROM user_counts WHERE user = ?1",
+                )?;
+                let n = |v: i64| v.max(0) as u64;
+                let counts = stmt
+                    .query_row(params![user], |row| {
+                        Ok(UserCounts {
+                            followers: n(row.get(0)?),
+                            following: n(row.get(1)?),
+                            activities: n(row.get(2)?),
+                        })
+                    })
+                    .optional()?;
+                Ok(counts.unwrap_or_default())
+            })
+            .await
+    }
+
+    /// Kept exact by triggers, in the transaction of each change.
+    async fn recount(&self, _: &str, _: Counted, _: i64) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {

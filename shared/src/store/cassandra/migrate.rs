@@ -51,13 +51,17 @@ pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), Sto
         let columns = declared_columns(&cql);
         run_ddl(session, cql).await?;
         // A table created by an earlier release lacks the columns added since: add them.
-        for (column, kind) in missing_columns(session, keyspace, &table, columns).await? {
+        let missing = missing_columns(session, keyspace, &table, columns).await?;
+        for (column, kind) in &missing {
             tracing::info!(table = %table, column = %column, "adding a column");
-            run_ddl(
-                session,
-                format!("ALTER TABLE {keyspace}.{table} ADD {column} {kind}"),
-            )
-            .await?;
+            let alter = format!("ALTER TABLE {keyspace}.{table} ADD {column} {kind}");
+            if let Err(e) = run_ddl(session, alter).await {
+                // Another migration running at the same time may have added it first.
+                let still = missing_columns(session, keyspace, &table, missing.clone()).await?;
+                if still.iter().any(|(c, _)| c == column) {
+                    return Err(e);
+                }
+            }
         }
         if amazon_keyspaces {
             const CQL: &str = "SELECT status FROM system_schema_mcs.tables WHERE keyspace_name = ? AND table_name = ?";
@@ -267,6 +271,7 @@ mod tests {
                 "pulled_activities",
                 "pulled_followees",
                 "notification_marks",
+                "user_counts",
                 "followers",
                 "following"
             ]

@@ -118,6 +118,17 @@ pub(super) struct PulledFolloweeRow {
     pub(super) floor: Option<String>,
 }
 
+/// A user's counts, and when each was last counted.
+#[derive(scylla::DeserializeRow)]
+pub(super) struct CountsRow {
+    pub(super) followers: Option<i64>,
+    pub(super) following: Option<i64>,
+    pub(super) activities: Option<i64>,
+    pub(super) followers_us: Option<i64>,
+    pub(super) following_us: Option<i64>,
+    pub(super) activities_us: Option<i64>,
+}
+
 /// A notification feed's unseen and unread group ids.
 #[derive(scylla::DeserializeRow)]
 pub(super) struct MarksRow {

@@ -16,7 +16,7 @@ use scylla::value::Row;
 
 use super::errors::store_error;
 use super::rows::{
-    activity_values, ActivityRow, AppliedRow, CasRow, CreatedRow, EdgeCasRow, EdgeState,
+    activity_values, ActivityRow, AppliedRow, CasRow, CountsRow, CreatedRow, EdgeCasRow, EdgeState,
     FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, MarksRow,
     PulledFolloweeRow, SwapCasRow, ACTIVITY_COLUMNS,
 };
@@ -25,8 +25,8 @@ use super::tally::Tally;
 use super::CassandraConfig;
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 use crate::store::{
-    DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store, StoreError,
-    StoredGroup, TimelineEntry,
+    Counted, DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store,
+    StoreError, StoredGroup, TimelineEntry, UserCounts,
 };
 
 /// How many rows or writes are in flight at once for one `insert_timeline` / `delete_timeline`.
@@ -104,6 +104,13 @@ struct Statements {
     marks_remove: PreparedStatement,
     unseen_clear: PreparedStatement,
     marks_clear: PreparedStatement,
+    counts_get: PreparedStatement,
+    followers_set: PreparedStatement,
+    following_set: PreparedStatement,
+    activities_set: PreparedStatement,
+    followers_all: PreparedStatement,
+    following_all: PreparedStatement,
+    activities_all: PreparedStatement,
 }
 
 pub struct CassandraStore {
@@ -168,6 +175,13 @@ impl CassandraStore {
             prepare(s, format!("UPDATE {ks}.notification_marks USING TIMESTAMP ? SET unseen = unseen - ?, unread = unread - ? WHERE owner = ?"), true),
             prepare(s, format!("DELETE unseen FROM {ks}.notification_marks USING TIMESTAMP ? WHERE owner = ?"), true),
             prepare(s, format!("DELETE unseen, unread FROM {ks}.notification_marks USING TIMESTAMP ? WHERE owner = ?"), true),
+            prepare(s, format!("SELECT followers, following, activities, followers_us, following_us, activities_us FROM {ks}.user_counts WHERE user = ?"), true),
+            prepare(s, format!("UPDATE {ks}.user_counts USING TIMESTAMP ? SET followers = ?, followers_us = ? WHERE user = ?"), true),
+            prepare(s, format!("UPDATE {ks}.user_counts USING TIMESTAMP ? SET following = ?, following_us = ? WHERE user = ?"), true),
+            prepare(s, format!("UPDATE {ks}.user_counts USING TIMESTAMP ? SET activities = ?, activities_us = ? WHERE user = ?"), true),
+            prepare(s, format!("SELECT created_us FROM {ks}.followers WHERE user = ?"), true),
+            prepare(s, format!("SELECT created_us FROM {ks}.following WHERE user = ?"), true),
+            prepare(s, format!("SELECT time_us FROM {ks}.user_activities WHERE actor = ?"), true),
         )?;
         let st = Statements {
             health: st.0,
@@ -213,6 +227,13 @@ impl CassandraStore {
             marks_remove: st.40,
             unseen_clear: st.41,
             marks_clear: st.42,
+            counts_get: st.43,
+            followers_set: st.44,
+            following_set: st.45,
+            activities_set: st.46,
+            followers_all: st.47,
+            following_all: st.48,
+            activities_all: st.49,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -310,6 +331,44 @@ impl CassandraStore {
         }
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// How many rows of a partition's slice pass `keep` (on the statement's only column), page
+    /// after page.
+    async fn count_rows(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        keep: impl Fn(i64) -> bool,
+    ) -> Result<u64, StoreError> {
+        let values = &values;
+        let mut count = 0;
+        let mut paging = PagingState::start();
+        loop {
+            let page = &paging;
+            let (result, next) = self
+                .session
+                .run(op, statement, |session| async move {
+                    session
+                        .execute_single_page(statement, values, page.clone())
+                        .await
+                })
+                .await?;
+            if let Some(tally) = &self.tally {
+                tally.record(statement, values, Some(&result));
+            }
+            let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+            for row in rows.rows::<(i64,)>().map_err(|e| store_error(op, e))? {
+                if keep(row.map_err(|e| store_error(op, e))?.0) {
+                    count += 1;
+                }
+            }
+            match next {
+                PagingStateResponse::HasMorePages { state } => paging = state,
+                PagingStateResponse::NoMorePages => return Ok(count),
+            }
+        }
     }
 
     /// Runs a lightweight transaction.
@@ -1005,6 +1064,44 @@ impl Store for CassandraStore {
                 floor: r.floor,
             })
             .collect())
+    }
+
+    async fn user_counts(&self, user: &str) -> Result<UserCounts, StoreError> {
+        let row: Option<CountsRow> = self
+            .get_row("user_counts", &self.st.counts_get, (user,))
+            .await?;
+        let n = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+        Ok(row.map_or_else(UserCounts::default, |r| UserCounts {
+            followers: n(r.followers),
+            following: n(r.following),
+            activities: n(r.activities),
+        }))
+    }
+
+    async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError> {
+        let op = "recount";
+        let row: Option<CountsRow> = self.get_row(op, &self.st.counts_get, (user,)).await?;
+        let done_us = row.map_or(None, |r| match what {
+            Counted::Followers => r.followers_us,
+            Counted::Following => r.following_us,
+            Counted::Activities => r.activities_us,
+        });
+        // Another machine's clock may run ahead: only a count begun clearly after the ask is enough.
+        if done_us.is_some_and(|t| t >= asked_us.saturating_add(crate::aggregate::CLOCK_SKEW_US)) {
+            return Ok(());
+        }
+        // Stored as of the count's start: a later count wins over this one, an earlier one loses.
+        let started = now_us();
+        let (all, set) = match what {
+            Counted::Followers => (&self.st.followers_all, &self.st.followers_set),
+            Counted::Following => (&self.st.following_all, &self.st.following_set),
+            Counted::Activities => (&self.st.activities_all, &self.st.activities_set),
+        };
+        // `following` keeps an unfollowed edge with its time negated, below zero.
+        let count = self.count_rows(op, all, (user,), |t: i64| t >= 0).await?;
+        self.execute(op, set, (started, count as i64, started, user))
+            .await
+            .map(drop)
     }
 
     async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {
