@@ -25,14 +25,7 @@ pub const GROUP_ACTIVITIES: usize = 15;
 pub const SCAN_PAGE: usize = 1000;
 /// Group rows read per query.
 pub const GROUP_ROWS: usize = 100;
-/// How far the clocks of two machines writing the same feed may disagree. A recomputed group is
-/// stored as of its scan's start minus this, so that a mark from a machine whose clock is behind
-/// still counts as later than the scan.
-///
-/// A feed marked more often than this rescans its newest day at each read (the scan cannot be
-/// stored as current while a mark may be younger than the allowance): machines synchronised by
-/// NTP or Amazon Time Sync disagree by milliseconds, so the allowance is a quarter second.
-pub const CLOCK_SKEW_US: i64 = 250_000;
+pub use crate::store::CLOCK_SKEW_US;
 
 /// How activities of one day are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

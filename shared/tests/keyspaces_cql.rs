@@ -104,10 +104,13 @@ fn keyspaces_rejects(cql: &str, client_side_timestamps: &[&str]) -> Option<Strin
         .join(" ");
     if upper.contains("USING TIMESTAMP") {
         let table = dml_table(&upper);
-        if !table.is_some_and(|t| client_side_timestamps.contains(&t.as_str())) {
-            return Some(
-                "Keyspaces does not support USING TIMESTAMP without client-side timestamps".into(),
-            );
+        if !table
+            .as_ref()
+            .is_some_and(|t| client_side_timestamps.contains(&t.as_str()))
+        {
+            return Some(format!(
+                "Keyspaces does not support USING TIMESTAMP without client-side timestamps ({table:?})"
+            ));
         }
     }
     let unsupported = [

@@ -118,6 +118,16 @@ pub struct NotificationMarks {
     pub unread: std::collections::HashSet<String>,
 }
 
+/// How far the clocks of two machines writing the same feed may disagree. A recomputed group is
+/// stored as of its scan's start minus this, so that a mark from a machine whose clock is behind
+/// still counts as later than the scan.
+///
+/// A feed marked more often than this rescans its newest day at each read (the scan cannot be
+/// stored as current while a mark may be younger than the allowance): machines synchronised by
+/// NTP or Amazon Time Sync disagree by milliseconds, so the allowance is a quarter second. A
+/// recount skips only when a count began more than this after it was asked.
+pub const CLOCK_SKEW_US: i64 = 250_000;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cheap query that proves the store answers.

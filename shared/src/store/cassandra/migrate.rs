@@ -18,8 +18,12 @@ const SCHEMA: &str = include_str!("../../../../etc/schema.cql");
 
 /// Tables written `USING TIMESTAMP` (see `EdgeState`), which Amazon Keyspaces must be told to
 /// accept: `template.yaml` sets `ClientSideTimestampsEnabled` on them, `migrate` alters them.
-pub const CLIENT_SIDE_TIMESTAMP_TABLES: [&str; 3] =
-    ["followers", "feed_groups", "notification_marks"];
+pub const CLIENT_SIDE_TIMESTAMP_TABLES: [&str; 4] = [
+    "followers",
+    "feed_groups",
+    "notification_marks",
+    "user_counts",
+];
 
 /// Timeout of each schema statement (DDL takes longer than a data request).
 const DDL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1087,7 +1087,7 @@ impl Store for CassandraStore {
             Counted::Activities => r.activities_us,
         });
         // Another machine's clock may run ahead: only a count begun clearly after the ask is enough.
-        if done_us.is_some_and(|t| t >= asked_us.saturating_add(crate::aggregate::CLOCK_SKEW_US)) {
+        if done_us.is_some_and(|t| t >= asked_us.saturating_add(crate::store::CLOCK_SKEW_US)) {
             return Ok(());
         }
         // Stored as of the count's start: a later count wins over this one, an earlier one loses.
