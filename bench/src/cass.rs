@@ -58,13 +58,13 @@ pub async fn open() -> Result<Cass, BoxError> {
     let raw = Arc::new(cassandra::connect(&cfg).await?);
     let ks = KEYSPACE;
     // The store's own statements, character for character (shared/src/store/cassandra/store.rs).
-    let timeline_insert = raw.prepare(format!("INSERT INTO {ks}.timeline (owner, id, actor, verb, object, target, time_us, foreign_id, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?;
+    let timeline_insert = raw.prepare(format!("INSERT INTO {ks}.timeline (owner, id, actor, verb, object, target, time_us, foreign_id, extra, recipients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?;
     let follower_insert = raw
         .prepare(format!(
             "INSERT INTO {ks}.followers (user, follower, created_us) VALUES (?, ?, ?)"
         ))
         .await?;
-    let timeline_page = raw.prepare(format!("SELECT id, actor, verb, object, target, time_us, foreign_id, extra FROM {ks}.timeline WHERE owner = ? AND id < ? AND id >= ? LIMIT ?")).await?;
+    let timeline_page = raw.prepare(format!("SELECT id, actor, verb, object, target, time_us, foreign_id, extra, recipients FROM {ks}.timeline WHERE owner = ? AND id < ? AND id >= ? LIMIT ?")).await?;
     Ok(Cass {
         cfg,
         store,
@@ -85,6 +85,7 @@ pub fn new_activity(actor: &str, object: String) -> Activity {
         target: None,
         time,
         foreign_id: None,
+        to: Vec::new(),
         extra: None,
     }
 }
@@ -139,6 +140,7 @@ pub async fn ceiling_write(
                     a.time.timestamp_micros(),
                     MaybeUnset::<&str>::Unset,
                     MaybeUnset::<String>::Unset,
+                    MaybeUnset::<Vec<String>>::Unset,
                 );
                 raw.execute_unpaged(&st, values).await.map(drop)
             }
@@ -692,6 +694,7 @@ pub fn reader_timeline() -> Vec<Activity> {
                 target: None,
                 time,
                 foreign_id: None,
+                to: Vec::new(),
                 extra: None,
             }
         })
@@ -766,6 +769,7 @@ pub struct RawRow {
     pub time_us: i64,
     pub foreign_id: Option<String>,
     pub extra: Option<String>,
+    pub recipients: Option<Vec<String>>,
 }
 
 /// The standalone server (release binary) on Cassandra and a fresh SQS queue.

@@ -79,6 +79,7 @@ fn post(actor: &str, object: String) -> NewActivity {
         target: None,
         time: None,
         foreign_id: None,
+        to: None,
         extra: None,
     }
 }

@@ -96,6 +96,7 @@ async fn post_pulled(
             target: None,
             time: Some(a.time.to_rfc3339_opts(SecondsFormat::Micros, true)),
             foreign_id: None,
+            to: None,
             extra: None,
         };
         let (_, created) = feeds.post(&admin(), new).await?;

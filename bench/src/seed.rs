@@ -63,6 +63,7 @@ pub fn activities(
                 target: None,
                 time,
                 foreign_id: None,
+                to: Vec::new(),
                 extra: None,
             }
         })

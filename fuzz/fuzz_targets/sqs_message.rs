@@ -62,6 +62,7 @@ fn world() -> &'static World {
                     target: None,
                     time,
                     foreign_id: None,
+                    to: Vec::new(),
                     extra: None,
                 };
                 store.put_activity(&activity).await.unwrap();

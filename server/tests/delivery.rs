@@ -39,6 +39,7 @@ fn activity(actor: &str, object: &str, second: u32) -> Activity {
         target: None,
         time,
         foreign_id: None,
+        to: Vec::new(),
         extra: None,
     }
 }

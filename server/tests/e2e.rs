@@ -574,6 +574,30 @@ async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
         (
             StatusCode::BAD_REQUEST,
             Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "to": (0..101).map(|i| format!("u{i}")).collect::<Vec<_>>()}).to_string()),
+            "to with 101 distinct users",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "to": [you, "a/b"]}).to_string()),
+            "to with a bad id",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/activities".into(),
+            Some(mine.clone()),
+            Some(json!({"actor": me, "object": "o", "to": you}).to_string()),
+            "to not a list",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            Method::POST,
             "/follow".into(),
             Some(mine.clone()),
             Some(json!({"follower": me, "following": me}).to_string()),
@@ -773,6 +797,243 @@ async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
     assert_unchanged(&api, server.queue(), &[&me, &you], &before, "a bad request").await;
 }
 
+/// `to` is checked, its repeats dropped in order, and it travels with the activity into every copy;
+/// an activity without it shows `[]`.
+async fn to_is_kept_in_order_and_served_everywhere(server: &Server) {
+    let api = Api::new(server);
+    let (actor, fan, a, b) = (unique("actor"), unique("fan"), unique("a"), unique("b"));
+    api.follow(&fan, &actor).await;
+    let hundred: Vec<String> = (0..100).map(|i| format!("{a}_{i}")).collect();
+    let mut with_repeats = hundred.clone();
+    with_repeats.extend(hundred.iter().take(10).cloned());
+    let full = api
+        .post(
+            &actor,
+            json!({"actor": actor, "object": "o1", "to": with_repeats}),
+        )
+        .await;
+    assert_eq!(
+        full.status,
+        StatusCode::CREATED,
+        "100 distinct users: {}",
+        full.body
+    );
+    assert_eq!(
+        full.body["to"],
+        json!(hundred),
+        "repeats dropped, order kept"
+    );
+    let posted = api
+        .post(
+            &actor,
+            json!({"actor": actor, "object": "o2", "to": [b, a, b, actor]}),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+    assert_eq!(posted.body["to"], json!([b, a, actor]));
+    let plain = api
+        .post(&actor, json!({"actor": actor, "object": "o3"}))
+        .await;
+    assert_eq!(plain.body["to"], json!([]), "absent: []");
+    let nulled = api
+        .post(&actor, json!({"actor": actor, "object": "o4", "to": null}))
+        .await;
+    assert_eq!(nulled.body["to"], json!([]), "null: []");
+    eventually("delivered", FANOUT, || async {
+        api.flat_ids(&fan).await.len() == 4
+    })
+    .await;
+    let by_object = |list: &Value| -> Vec<(String, Value)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["object"].as_str().unwrap().to_owned(), x["to"].clone()))
+            .collect()
+    };
+    let expected = vec![
+        ("o4".to_owned(), json!([])),
+        ("o3".to_owned(), json!([])),
+        ("o2".to_owned(), json!([b, a, actor])),
+        ("o1".to_owned(), json!(hundred)),
+    ];
+    let flat = api.get("/feeds/flat?limit=10", &token(&fan)).await;
+    assert_eq!(by_object(&flat.body["results"]), expected, "flat feed");
+    let mine = api
+        .get(&format!("/feeds/user/{actor}?limit=10"), &token(&fan))
+        .await;
+    assert_eq!(by_object(&mine.body["results"]), expected, "user feed");
+    let grouped = api.get("/feeds/aggregated?limit=10", &token(&fan)).await;
+    let groups = grouped.body["results"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{}", grouped.body);
+    assert_eq!(
+        by_object(&groups[0]["activities"]),
+        expected,
+        "aggregated feed"
+    );
+}
+
+/// A batch: every edge checked and authorized before any is written, answered in order, each new
+/// edge backfilled.
+async fn batch_follow_is_all_or_nothing(server: &Server) {
+    let api = Api::new(server);
+    let (me, a, b, other) = (unique("me"), unique("a"), unique("b"), unique("other"));
+    api.post(&a, json!({"actor": a, "object": "oa"})).await;
+    api.post(&b, json!({"actor": b, "object": "ob"})).await;
+    assert_eq!(api.follow(&me, &a).await.status, StatusCode::CREATED);
+    let mine = token(&me);
+    let batch = |follows: Value| {
+        api.send(
+            Method::POST,
+            "/follow/batch",
+            Some(&mine),
+            Some(json!({ "follows": follows })),
+        )
+    };
+    let refused = [
+        (
+            json!([{"follower": me, "following": b}, {"follower": me, "following": me}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"follower": me, "following": b}, {"follower": me, "following": "a/b"}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"follower": me, "following": b}, {"follower": me}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!([]), StatusCode::BAD_REQUEST),
+        (
+            json!((0..101)
+                .map(|i| json!({"follower": me, "following": format!("u{i}")}))
+                .collect::<Vec<_>>()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"follower": me, "following": b}, {"follower": other, "following": b}]),
+            StatusCode::FORBIDDEN,
+        ),
+        // Validity before authorization: a bad edge anywhere is 400 even beside another's edge.
+        (
+            json!([{"follower": other, "following": b}, {"follower": me, "following": me}]),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (follows, status) in refused {
+        let answer = batch(follows.clone()).await;
+        assert_eq!(answer.status, status, "{follows}: {}", answer.body);
+    }
+    until_drained(server.queue(), FANOUT).await;
+    assert_eq!(api.following(&me).await, [a.clone()], "nothing was written");
+
+    let answer = batch(json!([
+        {"follower": me, "following": b},
+        {"follower": me, "following": a},
+        {"follower": me, "following": b},
+    ]))
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let results = answer.body["results"].as_array().unwrap();
+    let summary: Vec<(&str, bool)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["following"].as_str().unwrap(),
+                r["created"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [(b.as_str(), true), (a.as_str(), false), (b.as_str(), false)]
+    );
+    assert_eq!(results[0]["created_at"], results[2]["created_at"]);
+    assert!(results.iter().all(|r| r["follower"] == json!(me)));
+    let mut following = api.following(&me).await;
+    following.sort();
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(following, expected);
+    eventually("the new edge is backfilled", FANOUT, || async {
+        api.flat_ids(&me).await.len() == 2
+    })
+    .await;
+}
+
+async fn counts_of(api: &Api, user: &str, reader: &str) -> (u64, u64, u64) {
+    let answer = api.get(&format!("/users/{user}"), &token(reader)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["user"], json!(user));
+    let n = |k: &str| answer.body[k].as_u64().unwrap();
+    (n("followers"), n("following"), n("activities"))
+}
+
+/// `GET /users/{user}`: exact once the queue has drained, through retries of a follow, a delete,
+/// and a follow and an unfollow of the same edge racing.
+async fn user_counts_are_exact(server: &Server) {
+    let api = Api::new(server);
+    let (star, a, b, reader) = (unique("star"), unique("a"), unique("b"), unique("reader"));
+    assert_eq!(
+        counts_of(&api, &star, &reader).await,
+        (0, 0, 0),
+        "nobody yet"
+    );
+    for _ in 0..3 {
+        api.follow(&a, &star).await;
+    }
+    api.follow(&b, &star).await;
+    api.follow(&star, &a).await;
+    let first = api
+        .post(&star, json!({"actor": star, "object": "o1"}))
+        .await;
+    api.post(
+        &star,
+        json!({"actor": star, "object": "o2", "foreign_id": "f"}),
+    )
+    .await;
+    api.post(
+        &star,
+        json!({"actor": star, "object": "o2", "foreign_id": "f"}),
+    )
+    .await;
+    let id = first.body["id"].as_str().unwrap();
+    let deleted = api
+        .send(
+            Method::DELETE,
+            &format!("/activities/{id}"),
+            Some(&token(&star)),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    until_drained(server.queue(), FANOUT).await;
+    assert_eq!(counts_of(&api, &star, &reader).await, (2, 1, 1));
+    assert_eq!(counts_of(&api, &a, &reader).await, (1, 1, 0));
+
+    // Follows and unfollows of one edge at once: the count agrees with the edge left.
+    let racer = unique("racer");
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (api, racer, star) = (Api::new(server), racer.clone(), star.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                api.follow(&racer, &star).await.status
+            } else {
+                api.unfollow(&racer, &star).await.status
+            }
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_success());
+    }
+    until_drained(server.queue(), FANOUT).await;
+    let edge = api.following(&racer).await.contains(&star) as u64;
+    assert_eq!(counts_of(&api, &star, &reader).await.0, 2 + edge);
+    assert_eq!(counts_of(&api, &racer, &reader).await.1, edge);
+    let bad = api.get("/users/a%2Fb", &token(&reader)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
 async fn health_answers_without_a_token(server: &Server) {
     let api = Api::new(server);
     let health = api.send(Method::GET, "/health", None, None).await;
@@ -803,4 +1064,7 @@ on_both_backends!(
     delete_removes_activity_from_followers_feeds,
     repost_with_same_foreign_id_is_idempotent,
     bad_requests_are_refused_and_change_nothing,
+    to_is_kept_in_order_and_served_everywhere,
+    batch_follow_is_all_or_nothing,
+    user_counts_are_exact,
 );

@@ -25,14 +25,7 @@ pub const GROUP_ACTIVITIES: usize = 15;
 pub const SCAN_PAGE: usize = 1000;
 /// Group rows read per query.
 pub const GROUP_ROWS: usize = 100;
-/// How far the clocks of two machines writing the same feed may disagree. A recomputed group is
-/// stored as of its scan's start minus this, so that a mark from a machine whose clock is behind
-/// still counts as later than the scan.
-///
-/// A feed marked more often than this rescans its newest day at each read (the scan cannot be
-/// stored as current while a mark may be younger than the allowance): machines synchronised by
-/// NTP or Amazon Time Sync disagree by milliseconds, so the allowance is a quarter second.
-pub const CLOCK_SKEW_US: i64 = 250_000;
+pub use crate::store::CLOCK_SKEW_US;
 
 /// How activities of one day are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,6 +35,8 @@ pub enum Grouping {
     VerbDay,
     /// `"<verb>:<actor>:<YYYY-MM-DD>"`.
     VerbActorDay,
+    /// `"<verb>:<object>:<YYYY-MM-DD>"`: notification feeds.
+    VerbObjectDay,
 }
 
 impl std::str::FromStr for Grouping {
@@ -63,6 +58,7 @@ impl Grouping {
         match self {
             Grouping::VerbDay => format!("{}:{day}", a.verb),
             Grouping::VerbActorDay => format!("{}:{}:{day}", a.verb, a.actor),
+            Grouping::VerbObjectDay => format!("{}:{}:{day}", a.verb, a.object),
         }
     }
 
@@ -71,6 +67,7 @@ impl Grouping {
         match self {
             Grouping::VerbDay => "verb_day",
             Grouping::VerbActorDay => "verb_actor_day",
+            Grouping::VerbObjectDay => "notification",
         }
     }
 
@@ -356,6 +353,18 @@ async fn day_groups(
     Ok(summaries)
 }
 
+/// The ids of the groups that `owner`'s timeline holds activities of on `day`, from one scan of
+/// its rows (not its stored groups, which lag behind the rows).
+pub async fn live_group_keys(
+    store: &dyn Store,
+    owner: &str,
+    grouping: Grouping,
+    day: i32,
+) -> Result<HashSet<String>, StoreError> {
+    let rows = scan_day(store, owner, day).await?;
+    Ok(rows.iter().map(|a| grouping.key(a)).collect())
+}
+
 /// The activities of the pulled authors a reader follows, read ahead newest first for one page:
 /// one read per author and page, more only when an author posted more than a read takes.
 struct PulledAhead<'a> {
@@ -603,6 +612,7 @@ mod tests {
             target: None,
             time,
             foreign_id: None,
+            to: Vec::new(),
             extra: None,
         }
     }

@@ -10,6 +10,7 @@ use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
 use crate::aggregate::{self, Grouping};
+use crate::notify;
 use crate::queue::{Consumer, FanoutJob, Queue, QueueError, QueueMessage};
 use crate::store::{DayRange, IdRange, Store, StoreError, TimelineEntry};
 
@@ -267,6 +268,56 @@ impl Fanout {
                         .await?;
                 }
             }
+            FanoutJob::Notify { activity_id, from } => {
+                // Deleted before its delivery ran: nothing to deliver.
+                let Some(activity) = self.store.get_activity(activity_id).await? else {
+                    return Ok(());
+                };
+                let users = notify::recipients(&activity);
+                let end = from.saturating_add(chunk).min(users.len());
+                if end < users.len() {
+                    self.queue
+                        .send(&[FanoutJob::Notify {
+                            activity_id: activity_id.clone(),
+                            from: end,
+                        }])
+                        .await?;
+                }
+                let Some(users) = users.get(*from..end) else {
+                    return Ok(());
+                };
+                let store = self.store.as_ref();
+                let entries = notify::prepare_delivery(store, &activity, users).await?;
+                for (owner, cut_day) in self.add_to(&entries, notify::GROUPING).await? {
+                    notify::prune(store, &owner, cut_day, true).await?;
+                }
+            }
+            FanoutJob::Unnotify {
+                activity_id,
+                group,
+                users,
+            } => {
+                let store = self.store.as_ref();
+                let owners: Vec<String> = users.iter().map(|u| notify::feed_owner(u)).collect();
+                let rows: Vec<(String, String)> = owners
+                    .iter()
+                    .map(|o| (o.clone(), activity_id.clone()))
+                    .collect();
+                let present = store.timeline_entries(&rows).await?;
+                aggregate::remove_rows(store, notify::GROUPING, &present).await?;
+                // Also where the row was gone already: a first attempt may have stopped after
+                // removing it.
+                if let Some(day) = notify::day_of_group(group) {
+                    for owner in &owners {
+                        notify::prune(store, owner, day, false).await?;
+                    }
+                }
+            }
+            FanoutJob::Recount {
+                user,
+                what,
+                asked_us,
+            } => self.store.recount(user, *what, *asked_us).await?,
             FanoutJob::Adopt { author, after } => {
                 // Its followers are walked only once the mark is visible: a follow after this
                 // walk read its page then sees the mark in its own backfill.
@@ -302,10 +353,20 @@ impl Fanout {
 
     /// Writes timeline rows and marks their groups (`aggregate::insert_rows`), then trims.
     async fn add(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        self.add_to(entries, self.settings.grouping).await.map(drop)
+    }
+
+    /// [`Fanout::add`] into feeds grouped by `grouping`; answers the feeds it trimmed, each with
+    /// the day of its cut.
+    async fn add_to(
+        &self,
+        entries: &[TimelineEntry],
+        grouping: Grouping,
+    ) -> Result<Vec<(String, i32)>, StoreError> {
+        let mut trimmed = Vec::new();
         if entries.is_empty() {
-            return Ok(());
+            return Ok(trimmed);
         }
-        let grouping = self.settings.grouping;
         aggregate::insert_rows(self.store.as_ref(), grouping, entries).await?;
         let mut owners: Vec<&str> = entries.iter().map(|e| e.owner.as_str()).collect();
         owners.sort_unstable();
@@ -317,10 +378,12 @@ impl Fanout {
             i += rows;
             // A backfill (many rows at once) always trims; single deliveries now and then.
             if rows > 1 || every == 1 || rand::random_range(0..every) == 0 {
-                self.trim(owner).await?;
+                if let Some(day) = self.trim(owner, grouping).await? {
+                    trimmed.push((owner.to_owned(), day));
+                }
             }
         }
-        Ok(())
+        Ok(trimmed)
     }
 
     async fn remove(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
@@ -331,19 +394,20 @@ impl Fanout {
     /// groups of the days wholly below the cut and marks those of the cut's day. Rows below the
     /// cut that a concurrent writer added are gone with the rest, and their groups are dropped or
     /// marked after the cut too.
-    async fn trim(&self, owner: &str) -> Result<(), StoreError> {
+    /// Answers the day of the cut, when there was one.
+    async fn trim(&self, owner: &str, grouping: Grouping) -> Result<Option<i32>, StoreError> {
         let Some(through) = self
             .store
             .timeline_id_at(owner, self.settings.max_length)
             .await?
         else {
-            return Ok(());
+            return Ok(None);
         };
         self.store.trim_timeline(owner, &through).await?;
         let Some(day) = aggregate::day_of_id(&through) else {
-            return Ok(());
+            return Ok(None);
         };
-        let feed = self.settings.grouping.feed();
+        let feed = grouping.feed();
         let now = aggregate::now_us();
         self.store.drop_groups(owner, feed, day, now).await?;
         let days = DayRange {
@@ -362,7 +426,8 @@ impl Fanout {
                 key: g.key,
             })
             .collect();
-        self.store.mark_groups(&groups, now).await
+        self.store.mark_groups(&groups, now).await?;
+        Ok(Some(day))
     }
 
     /// After a delivery wrote to `owners`, the followers of `followee` it read after `after`:
@@ -525,6 +590,7 @@ mod tests {
                 target: None,
                 time,
                 foreign_id: None,
+                to: Vec::new(),
                 extra: None,
             };
             store.put_activity(&a).await.unwrap();

@@ -17,7 +17,10 @@
 //!   ([`queue::Queue`]) and receiving ([`queue::Consumer`]) interfaces, the embedded queue and SQS.
 //!   Uses `store` (the embedded queue lives in the SQLite file), `settings`.
 //! - [`aggregate`]: aggregated feeds. Uses `model`, `store`.
-//! - [`fanout`]: runs fan-out jobs and the one in-process worker loop. Uses `store`, `queue`.
+//! - [`notify`]: notification feeds (a timeline per user under its own key, grouped by verb,
+//!   object and day) and their unseen and unread groups. Uses `model`, `store`, `aggregate`.
+//! - [`fanout`]: runs fan-out jobs and the one in-process worker loop. Uses `store`, `queue`,
+//!   `aggregate`, `notify`.
 //! - [`error`]: the crate's one error for the service's operations ([`Error`]).
 //! - [`service`]: each operation of the API, with its checks and the ordering (and undo) of its
 //!   writes. Uses all of the above; knows no entry point.
@@ -40,6 +43,7 @@ pub mod http;
 #[cfg(feature = "aws")]
 pub mod lambda;
 pub mod model;
+pub mod notify;
 pub mod queue;
 pub mod service;
 pub mod settings;

@@ -24,7 +24,8 @@ impl ValidationError {
 /// Largest compact JSON accepted in `extra`.
 pub const MAX_EXTRA_BYTES: usize = 8 * 1024;
 
-/// An activity as stored and served: `{"id", "actor", "verb", "object", "target", "time", "foreign_id", "extra"}`.
+/// An activity as stored and served: `{"id", "actor", "verb", "object", "target", "time",
+/// "foreign_id", "to", "extra"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Activity {
     pub id: String,
@@ -35,8 +36,14 @@ pub struct Activity {
     #[serde(serialize_with = "serialize_time")]
     pub time: DateTime<Utc>,
     pub foreign_id: Option<String>,
+    /// The users it is addressed to (their notification feeds), in the order given; `[]` when none.
+    #[serde(default)]
+    pub to: Vec<String>,
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
+
+/// Most distinct users an activity may be addressed to.
+pub const MAX_TO: usize = 100;
 
 /// The body of `POST /activities`. Unknown fields are an error: custom data goes in `extra`.
 #[derive(Debug, Deserialize)]
@@ -48,6 +55,7 @@ pub struct NewActivity {
     pub target: Option<String>,
     pub time: Option<String>,
     pub foreign_id: Option<String>,
+    pub to: Option<Vec<String>>,
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -64,6 +72,7 @@ impl NewActivity {
         if let Some(foreign_id) = &self.foreign_id {
             check_user_id("foreign_id", foreign_id)?;
         }
+        let to = recipients(self.to.unwrap_or_default())?;
         let time = match &self.time {
             Some(text) => parse_time(text)?,
             None => truncate_to_micros(now),
@@ -87,9 +96,29 @@ impl NewActivity {
             target: self.target,
             time,
             foreign_id: self.foreign_id,
+            to,
             extra: self.extra,
         })
     }
+}
+
+/// `to` with each id checked and repeats dropped (the first occurrence kept, in order).
+fn recipients(to: Vec<String>) -> Result<Vec<String>, ValidationError> {
+    let mut seen = std::collections::HashSet::with_capacity(to.len());
+    let mut out = Vec::with_capacity(to.len().min(MAX_TO));
+    for user in to {
+        check_user_id("to", &user)?;
+        if seen.insert(user.clone()) {
+            out.push(user);
+        }
+        if out.len() > MAX_TO {
+            return Err(ValidationError::new(
+                "too_many_recipients",
+                format!("`to` names more than {MAX_TO} distinct users"),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The body of `POST /follow`.
@@ -98,6 +127,24 @@ impl NewActivity {
 pub struct FollowRequest {
     pub follower: String,
     pub following: String,
+}
+
+/// Most edges one `POST /follow/batch` takes.
+pub const MAX_FOLLOW_BATCH: usize = 100;
+
+/// The body of `POST /follow/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowBatch {
+    pub follows: Vec<FollowRequest>,
+}
+
+/// One edge of a batch's answer: the edge, and whether this batch created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchedEdge {
+    #[serde(flatten)]
+    pub edge: FollowEdge,
+    pub created: bool,
 }
 
 /// A follow edge: `follower` receives the activities of `following`.

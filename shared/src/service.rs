@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
 
 use serde_json::value::RawValue;
 
@@ -14,11 +15,35 @@ use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::fanout::FanoutSettings;
 use crate::model::{
-    check_user_id, truncate_to_micros, Activity, ActivityId, FollowEdge, FollowRequest,
-    NewActivity, Relation, ValidationError,
+    check_user_id, truncate_to_micros, Activity, ActivityId, BatchedEdge, FollowBatch, FollowEdge,
+    FollowRequest, NewActivity, Relation, ValidationError, MAX_FOLLOW_BATCH,
 };
+use crate::notify;
 use crate::queue::{FanoutJob, Queue, QueueError};
-use crate::store::{IdRange, Store, StoreError};
+use crate::store::{Counted, IdRange, Store, StoreError, UserCounts};
+
+/// What a change of `edge` enqueues: its backfill (a follow) or purge (an unfollow), and the
+/// recounts of both ends.
+fn edge_jobs(edge: &FollowEdge, follow: bool) -> Vec<FanoutJob> {
+    let (follower, followee) = (edge.follower.clone(), edge.following.clone());
+    let feed = if follow {
+        FanoutJob::Backfill { follower, followee }
+    } else {
+        FanoutJob::Purge {
+            follower,
+            followee,
+            before: None,
+        }
+    };
+    vec![
+        feed,
+        FanoutJob::recount(&edge.following, Counted::Followers),
+        FanoutJob::recount(&edge.follower, Counted::Following),
+    ]
+}
+
+/// Edges of a batch written at once.
+const BATCH_CONCURRENCY: usize = 8;
 
 /// The feeds service over a store and the fan-out queue. Built once per process; cloning is cheap.
 #[derive(Clone)]
@@ -27,6 +52,7 @@ pub struct Feeds {
     queue: Arc<dyn Queue>,
     grouping: Grouping,
     pull_threshold: usize,
+    chunk_size: usize,
 }
 
 /// What `GET /health` reports: each dependency, reachable or not.
@@ -42,6 +68,7 @@ impl Feeds {
             queue,
             grouping: settings.grouping,
             pull_threshold: settings.pull_threshold,
+            chunk_size: settings.chunk_size,
         }
     }
 
@@ -74,14 +101,95 @@ impl Feeds {
             created_at: truncate_to_micros(Utc::now()),
         };
         let (edge, created) = self.store.follow(&edge).await?;
-        // Backfill also on an existing edge: a retry after a failed enqueue must still backfill.
-        self.queue
-            .send(&[FanoutJob::Backfill {
-                follower: edge.follower.clone(),
-                followee: edge.following.clone(),
-            }])
-            .await?;
+        // Backfill (and recount) also on an existing edge: a retry after a failed enqueue must
+        // still do both.
+        self.queue.send(&edge_jobs(&edge, true)).await?;
         Ok((edge, created))
+    }
+
+    /// Adds every edge of `batch` (answering, in the order given, whether each is new) and
+    /// enqueues their backfills. Every edge is checked, then authorized, before any is written.
+    pub async fn follow_batch(
+        &self,
+        principal: &Principal,
+        batch: FollowBatch,
+    ) -> Result<Vec<BatchedEdge>> {
+        let n = batch.follows.len();
+        if n == 0 || n > MAX_FOLLOW_BATCH {
+            return Err(ValidationError::new(
+                "invalid_batch",
+                format!("`follows` holds 1 to {MAX_FOLLOW_BATCH} edges, not {n}"),
+            )
+            .into());
+        }
+        for (i, req) in batch.follows.iter().enumerate() {
+            let at = |e: ValidationError| {
+                ValidationError::new(e.code, format!("follows[{i}]: {}", e.message))
+            };
+            check_user_id("follower", &req.follower).map_err(at)?;
+            check_user_id("following", &req.following).map_err(at)?;
+            if req.follower == req.following {
+                return Err(at(ValidationError::new(
+                    "self_follow",
+                    "a user cannot follow themselves",
+                ))
+                .into());
+            }
+        }
+        for req in &batch.follows {
+            authorize(
+                principal,
+                &req.follower,
+                "only the follower (or a feeds:admin service) may follow",
+            )?;
+        }
+        // Each distinct edge once, a few at a time; a repeat within the batch is not new.
+        let mut distinct: Vec<(&str, &str)> = Vec::with_capacity(n);
+        for req in &batch.follows {
+            let key = (req.follower.as_str(), req.following.as_str());
+            if !distinct.contains(&key) {
+                distinct.push(key);
+            }
+        }
+        let created_at = truncate_to_micros(Utc::now());
+        let edges: Vec<FollowEdge> = distinct
+            .iter()
+            .map(|(follower, following)| FollowEdge {
+                follower: (*follower).to_owned(),
+                following: (*following).to_owned(),
+                created_at,
+            })
+            .collect();
+        let writes = edges.into_iter().map(|edge| {
+            let store = self.store.clone();
+            async move { store.follow(&edge).await }
+        });
+        let written: Vec<(FollowEdge, bool)> = futures::stream::iter(writes)
+            .buffered(BATCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let jobs: Vec<FanoutJob> = written
+            .iter()
+            .flat_map(|(edge, _)| edge_jobs(edge, true))
+            .collect();
+        self.queue.send(&jobs).await?;
+        let mut first = vec![true; written.len()];
+        Ok(batch
+            .follows
+            .iter()
+            .map(|req| {
+                let i = distinct
+                    .iter()
+                    .position(|k| *k == (req.follower.as_str(), req.following.as_str()))
+                    .expect("every edge is among the distinct ones");
+                let (edge, created) = &written[i];
+                let created = *created && std::mem::replace(&mut first[i], false);
+                BatchedEdge {
+                    edge: edge.clone(),
+                    created,
+                }
+            })
+            .collect())
     }
 
     /// Removes the edge and enqueues the purge of the followee's activities from the follower's feed.
@@ -99,13 +207,12 @@ impl Feeds {
             "only the follower (or a feeds:admin service) may unfollow",
         )?;
         self.store.unfollow(follower, following).await?;
-        self.queue
-            .send(&[FanoutJob::Purge {
-                follower: follower.to_owned(),
-                followee: following.to_owned(),
-                before: None,
-            }])
-            .await?;
+        let edge = FollowEdge {
+            follower: follower.to_owned(),
+            following: following.to_owned(),
+            created_at: Utc::now(),
+        };
+        self.queue.send(&edge_jobs(&edge, false)).await?;
         Ok(())
     }
 
@@ -130,16 +237,23 @@ impl Feeds {
                     .await?
                     .is_some(),
             };
+            let mut jobs = vec![FanoutJob::recount(&stored.actor, Counted::Activities)];
             if pulled {
                 self.store.put_pulled(&stored).await?;
             } else {
-                let job = FanoutJob::Deliver {
+                jobs.push(FanoutJob::Deliver {
                     activity_id: stored.id.clone(),
                     actor: stored.actor.clone(),
                     after: None,
-                };
-                self.queue.send(&[job]).await?;
+                });
             }
+            if !notify::recipients(&stored).is_empty() {
+                jobs.push(FanoutJob::Notify {
+                    activity_id: stored.id.clone(),
+                    from: 0,
+                });
+            }
+            self.queue.send(&jobs).await?;
             Ok::<bool, Error>(pulled)
         };
         let pulled = match delivered.await {
@@ -201,14 +315,26 @@ impl Feeds {
             "only the actor (or a feeds:admin service) may delete its activities",
         )?;
         // The removal first: if the delete then fails, the retry finds the activity and repeats both.
-        self.queue
-            .send(&[FanoutJob::Retract {
+        let mut jobs = vec![FanoutJob::recount(&activity.actor, Counted::Activities)];
+        jobs.push(FanoutJob::Retract {
+            activity_id: id.to_owned(),
+            actor: activity.actor.clone(),
+            after: None,
+        });
+        let recipients = notify::recipients(&activity);
+        for users in recipients.chunks(self.chunk_size.max(1)) {
+            jobs.push(FanoutJob::Unnotify {
                 activity_id: id.to_owned(),
-                actor: activity.actor.clone(),
-                after: None,
-            }])
-            .await?;
+                group: notify::group_of(&activity),
+                users: users.to_vec(),
+            });
+        }
+        self.queue.send(&jobs).await?;
         self.store.delete_activity(&activity).await?;
+        // Counted after the delete too: the count sent with the removal may run before it.
+        self.queue
+            .send(&[FanoutJob::recount(&activity.actor, Counted::Activities)])
+            .await?;
         Ok(())
     }
 
@@ -265,6 +391,34 @@ impl Feeds {
         let store = self.store.as_ref();
         let time = aggregate::scan_time;
         Ok(aggregate::page(store, owner, self.grouping, from.as_ref(), limit, time).await?)
+    }
+
+    /// A page of the principal's notification feed from `from`.
+    pub async fn notifications(
+        &self,
+        owner: &str,
+        from: Option<GroupPosition>,
+        limit: usize,
+    ) -> Result<notify::NotificationPage> {
+        Ok(notify::page(self.store.as_ref(), owner, from.as_ref(), limit).await?)
+    }
+
+    /// Marks groups of `owner`'s notification feed seen (and read, when `read`); answers the
+    /// counts after the change: (unseen, unread).
+    pub async fn mark_notifications(
+        &self,
+        owner: &str,
+        req: notify::MarkRequest,
+        read: bool,
+    ) -> Result<(usize, usize)> {
+        let marked = req.into_marked()?;
+        Ok(notify::mark(self.store.as_ref(), owner, &marked, read).await?)
+    }
+
+    /// `user`'s counts: followers, following, own activities.
+    pub async fn user_counts(&self, user: &str) -> Result<UserCounts> {
+        check_user_id("user", user)?;
+        Ok(self.store.user_counts(user).await?)
     }
 
     /// `user`'s followers, or the users `user` follows, ordered by id, after `after`.

@@ -13,8 +13,8 @@ use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{
-    DayRange, GroupRef, GroupWrite, IdRange, PulledFollowee, Store, StoreError, StoredGroup,
-    TimelineEntry,
+    Counted, DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store,
+    StoreError, StoredGroup, TimelineEntry, UserCounts,
 };
 use feeds_testkit::wait::drain_embedded;
 use serde_json::Value;
@@ -218,6 +218,34 @@ impl Store for GatedStore {
     async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError> {
         self.inner.pulled_followees(user).await
     }
+    async fn user_counts(&self, user: &str) -> Result<UserCounts, StoreError> {
+        self.inner.user_counts(user).await
+    }
+    async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError> {
+        self.inner.recount(user, what, asked_us).await
+    }
+    async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {
+        self.inner.notification_marks(owner).await
+    }
+    async fn add_notification_marks(
+        &self,
+        owner: &str,
+        keys: &[String],
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.add_notification_marks(owner, keys, at_us).await
+    }
+    async fn remove_notification_marks(
+        &self,
+        owner: &str,
+        keys: Option<&[String]>,
+        read: bool,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .remove_notification_marks(owner, keys, read, at_us)
+            .await
+    }
 }
 
 struct Setup {
@@ -267,6 +295,7 @@ impl Setup {
             target: None,
             time,
             foreign_id: None,
+            to: Vec::new(),
             extra: None,
         };
         self.store.put_activity(&activity).await.unwrap();

@@ -29,6 +29,7 @@ async fn post(store: &CassandraStore, actor: &str) -> Activity {
         target: None,
         time,
         foreign_id: None,
+        to: Vec::new(),
         extra: None,
     };
     store.put_activity(&activity).await.unwrap();
@@ -201,4 +202,65 @@ async fn unparsable_message_is_reported_alone_and_batch_mates_succeed() {
         vec![activity],
         "the good batch-mate was delivered"
     );
+}
+
+/// A recount and a notification delivered three times: the count stays exact, and the feed holds
+/// the activity once, its group unseen once; a mark made between two deliveries stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recount_and_notify_redelivered_three_times_stay_exact() {
+    use feeds::notify;
+    use feeds::store::Counted;
+
+    let store = cassandra_store(KEYSPACE).await;
+    let queue = fresh_queue("fanout_test").await;
+    let fanout = Fanout::new(store.clone(), Arc::new(queue.clone()), Default::default());
+    let actor = unique("counted");
+    add_followers(&store, &actor, 7).await;
+    let reader = unique("reader");
+    let mut activity = post(&store, &actor).await;
+    store.delete_activity(&activity).await.unwrap();
+    activity.id = ActivityId::new(activity.time).0;
+    activity.to = vec![reader.clone(), actor.clone()];
+    store.put_activity(&activity).await.unwrap();
+    queue
+        .send(&[
+            FanoutJob::recount(&actor, Counted::Followers),
+            FanoutJob::Notify {
+                activity_id: activity.id.clone(),
+                from: 0,
+            },
+        ])
+        .await
+        .unwrap();
+    let messages = receive(&queue, 2).await;
+    assert_eq!(messages.len(), 2);
+    assert!(handle(&fanout, &messages).await.is_empty());
+    assert_eq!(store.user_counts(&actor).await.unwrap().followers, 7);
+    let page = notify::page(store.as_ref(), &reader, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.groups.len(), 1);
+    assert_eq!((page.unseen, page.unread), (1, 1));
+    // Read after the first delivery: the redeliveries do not make it unseen again.
+    let marked = notify::Marked::Groups(vec![notify::group_of(&activity)]);
+    let counts = notify::mark(store.as_ref(), &reader, &marked, true)
+        .await
+        .unwrap();
+    assert_eq!(counts, (0, 0));
+    for round in 2..=3 {
+        assert!(
+            handle(&fanout, &messages).await.is_empty(),
+            "delivery {round}"
+        );
+        let page = notify::page(store.as_ref(), &reader, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(page.groups.len(), 1, "delivery {round}");
+        assert_eq!((page.unseen, page.unread), (0, 0), "delivery {round}");
+        assert_eq!(store.user_counts(&actor).await.unwrap().followers, 7);
+    }
+    let own = notify::page(store.as_ref(), &actor, None, 10)
+        .await
+        .unwrap();
+    assert!(own.groups.is_empty(), "never to the actor");
 }

@@ -76,11 +76,18 @@ fn schema_statements(schema: &str) -> Vec<String> {
 
 /// The table a DML statement writes or reads, without its keyspace.
 fn dml_table(upper: &str) -> Option<String> {
-    let rest = ["INSERT INTO ", "UPDATE ", "DELETE FROM ", "SELECT "]
-        .iter()
-        .find_map(|verb| upper.strip_prefix(verb))?;
+    let rest = [
+        "INSERT INTO ",
+        "UPDATE ",
+        "DELETE FROM ",
+        "DELETE ",
+        "SELECT ",
+    ]
+    .iter()
+    .find_map(|verb| upper.strip_prefix(verb))?;
+    // `SELECT <columns> FROM t`, `DELETE <columns> FROM t`.
     let rest = match rest.find(" FROM ") {
-        Some(at) if upper.starts_with("SELECT ") => &rest[at + 6..],
+        Some(at) if upper.starts_with("SELECT ") || upper.starts_with("DELETE ") => &rest[at + 6..],
         _ => rest,
     };
     let name = rest.split([' ', '(']).next()?;
@@ -97,10 +104,13 @@ fn keyspaces_rejects(cql: &str, client_side_timestamps: &[&str]) -> Option<Strin
         .join(" ");
     if upper.contains("USING TIMESTAMP") {
         let table = dml_table(&upper);
-        if !table.is_some_and(|t| client_side_timestamps.contains(&t.as_str())) {
-            return Some(
-                "Keyspaces does not support USING TIMESTAMP without client-side timestamps".into(),
-            );
+        if !table
+            .as_ref()
+            .is_some_and(|t| client_side_timestamps.contains(&t.as_str()))
+        {
+            return Some(format!(
+                "Keyspaces does not support USING TIMESTAMP without client-side timestamps ({table:?})"
+            ));
         }
     }
     let unsupported = [

@@ -40,6 +40,7 @@ fn sample_activity() -> Activity {
         target: None,
         time: parse_time("2026-11-29T10:00:00Z").unwrap(),
         foreign_id: None,
+        to: vec!["usr_02".into()],
         extra: None,
     }
 }
@@ -74,12 +75,27 @@ async fn follow_function_answers_its_sample_events() {
     assert!(f.store.is_following("usr_02", "usr_01").await.unwrap());
     assert_eq!(
         f.queue.depth().await.unwrap().0,
-        1,
-        "a backfill job is enqueued"
+        3,
+        "a backfill job and the recounts of both users are enqueued"
     );
     let (status, _) = invoke(&f.app, Routes::Follow, "unfollow.json").await;
     assert_eq!(status, 204);
     assert!(!f.store.is_following("usr_02", "usr_01").await.unwrap());
+    let (status, body) = invoke(&f.app, Routes::Follow, "follow-batch.json").await;
+    assert_eq!(status, 200, "{body}");
+    let created: Vec<(&str, bool)> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["following"].as_str().unwrap(),
+                r["created"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(created, [("usr_01", true), ("usr_03", true)]);
+    assert!(f.store.is_following("usr_02", "usr_03").await.unwrap());
     let (status, body) = invoke(&f.app, Routes::Follow, "get-feed.json").await;
     assert_eq!(status, 404, "a function serves only its own routes: {body}");
 }
@@ -128,6 +144,11 @@ async fn get_feed_function_answers_its_sample_events() {
         after: None,
     };
     fanout.run(&deliver).await.unwrap();
+    let notify = feeds::queue::FanoutJob::Notify {
+        activity_id: SAMPLE_ACTIVITY.into(),
+        from: 0,
+    };
+    fanout.run(&notify).await.unwrap();
     let (status, body) = invoke(&f.app, Routes::GetFeed, "get-feed.json").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["group"], "post:2026-11-29");
@@ -137,6 +158,29 @@ async fn get_feed_function_answers_its_sample_events() {
         assert_eq!(status, 200, "{name}: {body}");
         assert_eq!(body["results"][0]["id"], SAMPLE_ACTIVITY, "{name}");
     }
+    let (status, body) = invoke(&f.app, Routes::GetFeed, "get-feed-notification.json").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["group"], "post:obj_50:2026-11-29");
+    assert_eq!(
+        (body["unseen"].as_u64(), body["is_seen"].as_bool()),
+        (Some(1), None)
+    );
+    let (status, body) = invoke(&f.app, Routes::GetFeed, "notification-seen.json").await;
+    assert_eq!(
+        (status, body),
+        (200, serde_json::json!({"unseen": 0, "unread": 1}))
+    );
+    let (status, body) = invoke(&f.app, Routes::GetFeed, "notification-read.json").await;
+    assert_eq!(
+        (status, body),
+        (200, serde_json::json!({"unseen": 0, "unread": 0}))
+    );
+    let (status, body) = invoke(&f.app, Routes::GetFeed, "user-counts.json").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"user": "usr_01", "followers": 1, "following": 0, "activities": 1})
+    );
     let (status, body) = invoke(&f.app, Routes::GetFeed, "followers.json").await;
     assert_eq!(status, 200);
     assert_eq!(body["results"][0]["user"], "usr_02");

@@ -20,6 +20,7 @@ fn activity(actor: &str, time: &str, foreign_id: Option<&str>) -> Activity {
         target: None,
         time,
         foreign_id: foreign_id.map(str::to_owned),
+        to: Vec::new(),
         extra: None,
     }
 }

@@ -14,7 +14,8 @@ use super::App;
 use crate::aggregate::GroupPosition;
 use crate::auth::Principal;
 use crate::cursor::{CursorCodec, InvalidCursor};
-use crate::model::{Activity, FollowRequest, NewActivity};
+use crate::model::{Activity, FollowBatch, FollowRequest, NewActivity};
+use crate::notify::MarkRequest;
 use crate::service::Side;
 
 type Answer = Result<Response, ApiError>;
@@ -118,6 +119,15 @@ pub(super) async fn follow(
     Ok(created_or_ok(created, edge))
 }
 
+pub(super) async fn follow_batch(
+    State(app): State<App>,
+    principal: Principal,
+    JsonBody(batch): JsonBody<FollowBatch>,
+) -> Answer {
+    let results = app.feeds.follow_batch(&principal, batch).await?;
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
 pub(super) async fn unfollow(
     State(app): State<App>,
     principal: Principal,
@@ -203,6 +213,77 @@ pub(super) async fn aggregated_feed(
         results: groups,
         next,
     }
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct NotificationAnswer {
+    results: Vec<Box<serde_json::value::RawValue>>,
+    next: Option<String>,
+    unseen: usize,
+    unread: usize,
+}
+
+pub(super) async fn notification_feed(
+    State(app): State<App>,
+    principal: Principal,
+    q: ListQuery,
+) -> Answer {
+    let list = format!("notification:{}", principal.sub);
+    let from = app
+        .position(&list, &q)?
+        .map(|p| GroupPosition::decode(&p).ok_or(InvalidCursor))
+        .transpose()?;
+    let page = app
+        .feeds
+        .notifications(&principal.sub, from, q.limit)
+        .await?;
+    Ok(Json(NotificationAnswer {
+        results: page.groups,
+        next: page.next.map(|p| app.cursors.encode(&list, &p.encode())),
+        unseen: page.unseen,
+        unread: page.unread,
+    })
+    .into_response())
+}
+
+pub(super) async fn mark_seen(
+    state: State<App>,
+    principal: Principal,
+    body: JsonBody<MarkRequest>,
+) -> Answer {
+    mark(state, principal, body, false).await
+}
+
+pub(super) async fn mark_read(
+    state: State<App>,
+    principal: Principal,
+    body: JsonBody<MarkRequest>,
+) -> Answer {
+    mark(state, principal, body, true).await
+}
+
+async fn mark(
+    State(app): State<App>,
+    principal: Principal,
+    JsonBody(req): JsonBody<MarkRequest>,
+    read: bool,
+) -> Answer {
+    let (unseen, unread) = app
+        .feeds
+        .mark_notifications(&principal.sub, req, read)
+        .await?;
+    Ok(Json(json!({"unseen": unseen, "unread": unread})).into_response())
+}
+
+pub(super) async fn user_counts(State(app): State<App>, Path(user): Path<String>) -> Answer {
+    let counts = app.feeds.user_counts(&user).await?;
+    Ok(Json(json!({
+        "user": user,
+        "followers": counts.followers,
+        "following": counts.following,
+        "activities": counts.activities,
+    }))
     .into_response())
 }
 

@@ -32,11 +32,11 @@ pub struct App {
 pub enum Routes {
     /// Every route: the standalone server.
     All,
-    /// `POST /follow`, `DELETE /follow/{follower}/{following}`.
+    /// `POST /follow`, `POST /follow/batch`, `DELETE /follow/{follower}/{following}`.
     Follow,
     /// `POST /activities`, `DELETE /activities/{id}`.
     PostActivity,
-    /// The feeds and the follower lists.
+    /// The feeds (with the notification feed's marks) and the follower lists.
     GetFeed,
 }
 
@@ -51,6 +51,7 @@ pub fn router(app: App, routes: Routes) -> Router {
     if all || routes == Routes::Follow {
         r = r
             .route("/follow", authed(post(follow)))
+            .route("/follow/batch", authed(post(follow_batch)))
             .route("/follow/{follower}/{following}", authed(delete(unfollow)));
     }
     if all || routes == Routes::PostActivity {
@@ -63,6 +64,10 @@ pub fn router(app: App, routes: Routes) -> Router {
             .route("/feeds/flat", authed(get(flat_feed)))
             .route("/feeds/aggregated", authed(get(aggregated_feed)))
             .route("/feeds/user/{user}", authed(get(user_feed)))
+            .route("/feeds/notification", authed(get(notification_feed)))
+            .route("/feeds/notification/seen", authed(post(mark_seen)))
+            .route("/feeds/notification/read", authed(post(mark_read)))
+            .route("/users/{user}", authed(get(user_counts)))
             .route("/users/{user}/followers", authed(get(followers)))
             .route("/users/{user}/following", authed(get(following)));
     }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::Counted;
+
 /// One message on the fan-out queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -32,9 +34,39 @@ pub enum FanoutJob {
         author: String,
         after: Option<String>,
     },
+    /// Copy activity `activity_id` into the notification feeds of the users its `to` names (its
+    /// actor excepted), from the `from`-th of them on.
+    Notify {
+        activity_id: String,
+        #[serde(default)]
+        from: usize,
+    },
+    /// Make `user`'s count of `what` exact again, unless a count begun after `asked_us` (when this
+    /// was sent, microseconds since the epoch) did already.
+    Recount {
+        user: String,
+        what: Counted,
+        asked_us: i64,
+    },
+    /// Remove activity `activity_id`, of notification group `group`, from the notification feeds
+    /// of `users`.
+    Unnotify {
+        activity_id: String,
+        group: String,
+        users: Vec<String>,
+    },
 }
 
 impl FanoutJob {
+    /// The recount of `user`'s `what`, asked now.
+    pub fn recount(user: &str, what: Counted) -> Self {
+        FanoutJob::Recount {
+            user: user.to_owned(),
+            what,
+            asked_us: chrono::Utc::now().timestamp_micros(),
+        }
+    }
+
     /// The message body the queue carries.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("a fan-out job serialises")

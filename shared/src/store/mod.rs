@@ -93,6 +93,41 @@ pub struct GroupWrite {
     pub summary: Option<GroupSummary>,
 }
 
+/// What `GET /users/{user}` answers: exact once the work the changes enqueued has run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UserCounts {
+    pub followers: u64,
+    pub following: u64,
+    pub activities: u64,
+}
+
+/// One of a user's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counted {
+    Followers,
+    Following,
+    Activities,
+}
+
+/// The groups of a notification feed that are unseen, and those unread (read implies seen, so
+/// `unseen` is a subset of `unread`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotificationMarks {
+    pub unseen: std::collections::HashSet<String>,
+    pub unread: std::collections::HashSet<String>,
+}
+
+/// How far the clocks of two machines writing the same feed may disagree. A recomputed group is
+/// stored as of its scan's start minus this, so that a mark from a machine whose clock is behind
+/// still counts as later than the scan.
+///
+/// A feed marked more often than this rescans its newest day at each read (the scan cannot be
+/// stored as current while a mark may be younger than the allowance): machines synchronised by
+/// NTP or Amazon Time Sync disagree by milliseconds, so the allowance is a quarter second. A
+/// recount skips only when a count began more than this after it was asked.
+pub const CLOCK_SKEW_US: i64 = 250_000;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cheap query that proves the store answers.
@@ -215,4 +250,29 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_pulled_followee(&self, user: &str, followee: &str) -> Result<(), StoreError>;
     /// The pulled authors `user` follows.
     async fn pulled_followees(&self, user: &str) -> Result<Vec<PulledFollowee>, StoreError>;
+
+    /// `user`'s counts as last computed (zeros for a user nobody has seen).
+    async fn user_counts(&self, user: &str) -> Result<UserCounts, StoreError>;
+    /// Makes `user`'s count of `what` exact again, from its rows, unless a count that began after
+    /// `asked_us` did already. A store that keeps its counts exact as it writes does nothing.
+    async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError>;
+
+    /// Which groups of the notification feed `owner` are unseen and unread.
+    async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError>;
+    /// Makes `keys` unseen and unread as of `at_us`: a removal with a later time wins over it, one
+    /// with an earlier time loses.
+    async fn add_notification_marks(
+        &self,
+        owner: &str,
+        keys: &[String],
+        at_us: i64,
+    ) -> Result<(), StoreError>;
+    /// Makes `keys` (every group when `None`) seen, and read too when `read`, as of `at_us`.
+    async fn remove_notification_marks(
+        &self,
+        owner: &str,
+        keys: Option<&[String]>,
+        read: bool,
+        at_us: i64,
+    ) -> Result<(), StoreError>;
 }

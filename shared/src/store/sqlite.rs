@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, PulledFollowee, Store, StoreError,
-    StoredGroup, TimelineEntry,
+    Counted, DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, NotificationMarks,
+    PulledFollowee, Store, StoreError, StoredGroup, TimelineEntry, UserCounts,
 };
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 
@@ -22,13 +22,13 @@ CREATE TABLE IF NOT EXISTS follows (
 CREATE INDEX IF NOT EXISTS follows_by_following ON follows (following, follower);
 CREATE TABLE IF NOT EXISTS activities (
     id TEXT PRIMARY KEY, actor TEXT NOT NULL, verb TEXT NOT NULL, object TEXT NOT NULL, target TEXT,
-    time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT) WITHOUT ROWID;
+    time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT, recipients TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS activities_by_actor ON activities (actor, id);
 CREATE UNIQUE INDEX IF NOT EXISTS activities_by_foreign_id ON activities (actor, foreign_id)
     WHERE foreign_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS timeline (
     owner TEXT NOT NULL, id TEXT NOT NULL, actor TEXT NOT NULL, verb TEXT NOT NULL, object TEXT NOT NULL,
-    target TEXT, time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT,
+    target TEXT, time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT, recipients TEXT,
     PRIMARY KEY (owner, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS feed_groups (
     owner TEXT NOT NULL, feed TEXT NOT NULL, day INTEGER NOT NULL, group_key TEXT NOT NULL,
@@ -38,14 +38,63 @@ CREATE TABLE IF NOT EXISTS feed_groups (
 CREATE TABLE IF NOT EXISTS pulled_authors (actor TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pulled_activities (
     actor TEXT NOT NULL, id TEXT NOT NULL, verb TEXT NOT NULL, object TEXT NOT NULL, target TEXT,
-    time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT,
+    time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT, recipients TEXT,
     PRIMARY KEY (actor, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notification_marks (
+    owner TEXT NOT NULL, kind INTEGER NOT NULL, group_key TEXT NOT NULL,
+    added_us INTEGER NOT NULL DEFAULT 0, removed_us INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, kind, group_key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notification_clears (
+    owner TEXT NOT NULL, kind INTEGER NOT NULL, cleared_us INTEGER NOT NULL,
+    PRIMARY KEY (owner, kind)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_counts (
+    user TEXT PRIMARY KEY, followers INTEGER NOT NULL DEFAULT 0,
+    following INTEGER NOT NULL DEFAULT 0, activities INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS follows_counted AFTER INSERT ON follows BEGIN
+    INSERT INTO user_counts (user, followers) VALUES (NEW.following, 1)
+        ON CONFLICT DO UPDATE SET followers = followers + 1;
+    INSERT INTO user_counts (user, following) VALUES (NEW.follower, 1)
+        ON CONFLICT DO UPDATE SET following = following + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS unfollows_counted AFTER DELETE ON follows BEGIN
+    UPDATE user_counts SET followers = followers - 1 WHERE user = OLD.following;
+    UPDATE user_counts SET following = following - 1 WHERE user = OLD.follower;
+END;
+CREATE TRIGGER IF NOT EXISTS activities_counted AFTER INSERT ON activities BEGIN
+    INSERT INTO user_counts (user, activities) VALUES (NEW.actor, 1)
+        ON CONFLICT DO UPDATE SET activities = activities + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS deletes_counted AFTER DELETE ON activities BEGIN
+    UPDATE user_counts SET activities = activities - 1 WHERE user = OLD.actor;
+END;
 CREATE TABLE IF NOT EXISTS pulled_followees (
     user TEXT NOT NULL, followee TEXT NOT NULL, floor TEXT,
     PRIMARY KEY (user, followee)) WITHOUT ROWID;
 ";
 
-const ACTIVITY_COLUMNS: &str = "id, actor, verb, object, target, time_us, foreign_id, extra";
+const ACTIVITY_COLUMNS: &str =
+    "id, actor, verb, object, target, time_us, foreign_id, extra, recipients";
+
+/// Columns added to tables after their first release, added to an older file when it opens.
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("activities", "recipients TEXT"),
+    ("timeline", "recipients TEXT"),
+    ("pulled_activities", "recipients TEXT"),
+];
+
+/// Fills `user_counts` from the rows of a file written before it existed.
+const COUNT_EXISTING: &str = "
+INSERT INTO user_counts (user, followers) SELECT following, COUNT(*) FROM follows WHERE true
+    GROUP BY following ON CONFLICT DO UPDATE SET followers = excluded.followers;
+INSERT INTO user_counts (user, following) SELECT follower, COUNT(*) FROM follows WHERE true
+    GROUP BY follower ON CONFLICT DO UPDATE SET following = excluded.following;
+INSERT INTO user_counts (user, activities) SELECT actor, COUNT(*) FROM activities WHERE true
+    GROUP BY actor ON CONFLICT DO UPDATE SET activities = excluded.activities;
+";
+
+/// `notification_marks.kind`: an unseen group, an unread group.
+const UNSEEN: i64 = 0;
+const UNREAD: i64 = 1;
 
 /// A shared handle on the database file, used by the store and the embedded queue.
 #[derive(Clone)]
@@ -72,7 +121,16 @@ impl SqliteDb {
             true,
         )
         .map_err(internal)?;
+        let counted = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'user_counts'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
+        add_columns(&conn).map_err(internal)?;
+        if !counted {
+            // A file from before the counts: count what it holds once; triggers keep it since.
+            conn.execute_batch(COUNT_EXISTING).map_err(internal)?;
+        }
         Ok(SqliteDb {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -94,12 +152,27 @@ impl SqliteDb {
     }
 }
 
+/// Adds each of [`ADDED_COLUMNS`] that its table lacks (a file written by an earlier release).
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column) in ADDED_COLUMNS {
+        let name = column.split(' ').next().unwrap_or(column);
+        let mut stmt = conn.prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+        ))?;
+        if !stmt.exists([name])? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn internal(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(format!("SQLite: {e}"))
 }
 
 fn activity_from_row(row: &Row<'_>) -> rusqlite::Result<Activity> {
     let extra: Option<String> = row.get(7)?;
+    let to: Option<String> = row.get(8)?;
     Ok(Activity {
         id: row.get(0)?,
         actor: row.get(1)?,
@@ -108,8 +181,16 @@ fn activity_from_row(row: &Row<'_>) -> rusqlite::Result<Activity> {
         target: row.get(4)?,
         time: from_micros(row.get(5)?),
         foreign_id: row.get(6)?,
+        to: to
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
         extra: extra.and_then(|text| serde_json::from_str(&text).ok()),
     })
+}
+
+/// `to` as stored: a JSON array, or null when empty.
+fn to_text(activity: &Activity) -> Option<String> {
+    (!activity.to.is_empty()).then(|| serde_json::Value::from(activity.to.clone()).to_string())
 }
 
 fn extra_text(activity: &Activity) -> Option<String> {
@@ -270,8 +351,8 @@ impl Store for SqliteStore {
                     }
                 }
                 tx.execute(
-                    &format!("INSERT INTO activities ({ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-                    params![a.id, a.actor, a.verb, a.object, a.target, a.time.timestamp_micros(), a.foreign_id, extra_text(&a)],
+                    &format!("INSERT INTO activities ({ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    params![a.id, a.actor, a.verb, a.object, a.target, a.time.timestamp_micros(), a.foreign_id, extra_text(&a), to_text(&a)],
                 )?;
                 tx.commit()?;
                 Ok((a, true))
@@ -310,7 +391,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Activity>, StoreError> {
         const SQL: &str =
-            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra FROM activities \
+            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra, recipients FROM activities \
             WHERE actor = ?1 AND id < ?2 AND id >= ?3 ORDER BY id DESC LIMIT ?4";
         self.activities(SQL, actor, range, limit).await
     }
@@ -322,7 +403,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Activity>, StoreError> {
         const SQL: &str =
-            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra FROM timeline \
+            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra, recipients FROM timeline \
             WHERE owner = ?1 AND id < ?2 AND id >= ?3 ORDER BY id DESC LIMIT ?4";
         self.activities(SQL, owner, range, limit).await
     }
@@ -334,7 +415,7 @@ impl Store for SqliteStore {
                 let tx = c.transaction()?;
                 {
                     let mut stmt = tx.prepare_cached(&format!(
-                        "INSERT OR IGNORE INTO timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                        "INSERT OR IGNORE INTO timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                     ))?;
                     for TimelineEntry { owner, activity: a } in &entries {
                         stmt.execute(params![
@@ -346,7 +427,8 @@ impl Store for SqliteStore {
                             a.target,
                             a.time.timestamp_micros(),
                             a.foreign_id,
-                            extra_text(a)
+                            extra_text(a),
+                            to_text(a)
                         ])?;
                     }
                 }
@@ -578,8 +660,8 @@ impl Store for SqliteStore {
         self.db
             .run(move |c| {
                 c.execute(
-                    &format!("INSERT OR IGNORE INTO pulled_activities ({ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-                    params![a.id, a.actor, a.verb, a.object, a.target, a.time.timestamp_micros(), a.foreign_id, extra_text(&a)],
+                    &format!("INSERT OR IGNORE INTO pulled_activities ({ACTIVITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    params![a.id, a.actor, a.verb, a.object, a.target, a.time.timestamp_micros(), a.foreign_id, extra_text(&a), to_text(&a)],
                 )
                 .map(drop)
             })
@@ -622,7 +704,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Activity>, StoreError> {
         const SQL: &str =
-            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra FROM pulled_activities \
+            "SELECT id, actor, verb, object, target, time_us, foreign_id, extra, recipients FROM pulled_activities \
             WHERE actor = ?1 AND id < ?2 AND id >= ?3 ORDER BY id DESC LIMIT ?4";
         self.activities(SQL, actor, range, limit).await
     }
@@ -677,6 +759,127 @@ impl Store for SqliteStore {
                     })
                 })?;
                 rows.collect()
+            })
+            .await
+    }
+
+    async fn user_counts(&self, user: &str) -> Result<UserCounts, StoreError> {
+        let user = user.to_owned();
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT followers, following, activities FROM user_counts WHERE user = ?1",
+                )?;
+                let n = |v: i64| v.max(0) as u64;
+                let counts = stmt
+                    .query_row(params![user], |row| {
+                        Ok(UserCounts {
+                            followers: n(row.get(0)?),
+                            following: n(row.get(1)?),
+                            activities: n(row.get(2)?),
+                        })
+                    })
+                    .optional()?;
+                Ok(counts.unwrap_or_default())
+            })
+            .await
+    }
+
+    /// Kept exact by triggers, in the transaction of each change.
+    async fn recount(&self, _: &str, _: Counted, _: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT m.kind, m.group_key FROM notification_marks m \
+                     LEFT JOIN notification_clears k ON k.owner = m.owner AND k.kind = m.kind \
+                     WHERE m.owner = ?1 AND m.added_us > m.removed_us \
+                     AND m.added_us > COALESCE(k.cleared_us, 0)",
+                )?;
+                let mut marks = NotificationMarks::default();
+                let rows = stmt.query_map(params![owner], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })?;
+                for row in rows {
+                    let (kind, key) = row?;
+                    match kind {
+                        UNSEEN => marks.unseen.insert(key),
+                        _ => marks.unread.insert(key),
+                    };
+                }
+                Ok(marks)
+            })
+            .await
+    }
+
+    async fn add_notification_marks(
+        &self,
+        owner: &str,
+        keys: &[String],
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        let (owner, keys) = (owner.to_owned(), keys.to_vec());
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT INTO notification_marks (owner, kind, group_key, added_us) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO UPDATE \
+                         SET added_us = max(added_us, excluded.added_us)",
+                    )?;
+                    for key in &keys {
+                        for kind in [UNSEEN, UNREAD] {
+                            stmt.execute(params![owner, kind, key, at_us])?;
+                        }
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn remove_notification_marks(
+        &self,
+        owner: &str,
+        keys: Option<&[String]>,
+        read: bool,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        let (owner, keys) = (owner.to_owned(), keys.map(<[String]>::to_vec));
+        let kinds: &'static [i64] = if read { &[UNSEEN, UNREAD] } else { &[UNSEEN] };
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut remove = tx.prepare_cached(
+                        "INSERT INTO notification_marks (owner, kind, group_key, removed_us) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO UPDATE \
+                         SET removed_us = max(removed_us, excluded.removed_us)",
+                    )?;
+                    let mut clear = tx.prepare_cached(
+                        "INSERT INTO notification_clears (owner, kind, cleared_us) \
+                         VALUES (?1, ?2, ?3) ON CONFLICT DO UPDATE \
+                         SET cleared_us = max(cleared_us, excluded.cleared_us)",
+                    )?;
+                    for &kind in kinds {
+                        match &keys {
+                            Some(keys) => {
+                                for key in keys {
+                                    remove.execute(params![owner, kind, key, at_us])?;
+                                }
+                            }
+                            None => {
+                                clear.execute(params![owner, kind, at_us])?;
+                            }
+                        }
+                    }
+                }
+                tx.commit()
             })
             .await
     }

@@ -18,7 +18,12 @@ const SCHEMA: &str = include_str!("../../../../etc/schema.cql");
 
 /// Tables written `USING TIMESTAMP` (see `EdgeState`), which Amazon Keyspaces must be told to
 /// accept: `template.yaml` sets `ClientSideTimestampsEnabled` on them, `migrate` alters them.
-pub const CLIENT_SIDE_TIMESTAMP_TABLES: [&str; 2] = ["followers", "feed_groups"];
+pub const CLIENT_SIDE_TIMESTAMP_TABLES: [&str; 4] = [
+    "followers",
+    "feed_groups",
+    "notification_marks",
+    "user_counts",
+];
 
 /// Timeout of each schema statement (DDL takes longer than a data request).
 const DDL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,7 +52,21 @@ pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), Sto
         wait_for_ddl(session, &what, CQL, (keyspace,), |_: &KeyspaceRow| true).await?;
     }
     for (table, cql) in statements {
+        let columns = declared_columns(&cql);
         run_ddl(session, cql).await?;
+        // A table created by an earlier release lacks the columns added since: add them.
+        let missing = missing_columns(session, keyspace, &table, columns).await?;
+        for (column, kind) in &missing {
+            tracing::info!(table = %table, column = %column, "adding a column");
+            let alter = format!("ALTER TABLE {keyspace}.{table} ADD {column} {kind}");
+            if let Err(e) = run_ddl(session, alter).await {
+                // Another migration running at the same time may have added it first.
+                let still = missing_columns(session, keyspace, &table, missing.clone()).await?;
+                if still.iter().any(|(c, _)| c == column) {
+                    return Err(e);
+                }
+            }
+        }
         if amazon_keyspaces {
             const CQL: &str = "SELECT status FROM system_schema_mcs.tables WHERE keyspace_name = ? AND table_name = ?";
             let what = format!("table {keyspace}.{table}");
@@ -66,6 +85,62 @@ pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), Sto
         .await
         .map_err(|e| store_error("migrate: schema agreement", e))?;
     Ok(())
+}
+
+/// The `(name, type)` of each column a `CREATE TABLE` statement declares.
+fn declared_columns(create: &str) -> Vec<(String, String)> {
+    let Some(open) = create.find('(') else {
+        return Vec::new();
+    };
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, open + 1);
+    for (i, c) in create.char_indices().skip(open + 1) {
+        match c {
+            '(' | '<' => depth += 1,
+            ')' | '>' if depth > 0 => depth -= 1,
+            ',' | ')' if depth == 0 => {
+                parts.push(create[start..i].trim());
+                start = i + 1;
+                if c == ')' {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    parts
+        .into_iter()
+        .filter(|p| !p.to_ascii_uppercase().starts_with("PRIMARY KEY"))
+        .filter_map(|p| {
+            let (name, kind) = p.split_once(char::is_whitespace)?;
+            Some((name.to_ascii_lowercase(), kind.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Those of `declared` that `keyspace.table` does not have.
+async fn missing_columns(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    declared: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, StoreError> {
+    const CQL: &str =
+        "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?";
+    let op = format!("migrate: columns of {keyspace}.{table}");
+    let result = session
+        .query_unpaged(CQL, (keyspace, table))
+        .await
+        .map_err(|e| store_error(&op, e))?;
+    let rows = result.into_rows_result().map_err(|e| store_error(&op, e))?;
+    let mut existing = std::collections::HashSet::new();
+    for row in rows.rows::<(String,)>().map_err(|e| store_error(&op, e))? {
+        existing.insert(row.map_err(|e| store_error(&op, e))?.0);
+    }
+    Ok(declared
+        .into_iter()
+        .filter(|(name, _)| !existing.contains(name))
+        .collect())
 }
 
 async fn run_ddl(session: &Session, cql: String) -> Result<(), StoreError> {
@@ -199,6 +274,8 @@ mod tests {
                 "pulled_authors",
                 "pulled_activities",
                 "pulled_followees",
+                "notification_marks",
+                "user_counts",
                 "followers",
                 "following"
             ]
@@ -220,5 +297,24 @@ mod tests {
         )
         .is_err());
         assert!(schema_statements("DROP TABLE t;", "ks").is_err());
+    }
+
+    #[test]
+    fn declared_columns_are_read_from_a_create_statement() {
+        let cql = "CREATE TABLE IF NOT EXISTS ks.t (\n a text,\n b map<text, int>,\n c list<text>,\n                    PRIMARY KEY ((a), b)\n) WITH CLUSTERING ORDER BY (b DESC)";
+        let columns = declared_columns(cql);
+        assert_eq!(
+            columns,
+            [
+                ("a".to_owned(), "text".to_owned()),
+                ("b".to_owned(), "map<text, int>".to_owned()),
+                ("c".to_owned(), "list<text>".to_owned()),
+            ]
+        );
+        for (table, cql) in schema_statements(SCHEMA, "ks").unwrap() {
+            let names: Vec<String> = declared_columns(&cql).into_iter().map(|c| c.0).collect();
+            assert!(names.len() >= 2, "{table}: {names:?}");
+            assert!(!names.iter().any(|n| n == "primary"), "{table}: {names:?}");
+        }
     }
 }

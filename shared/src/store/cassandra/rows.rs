@@ -8,7 +8,7 @@ use crate::store::{GroupSummary, StoreError, StoredGroup};
 
 /// The activity columns of every activity table, in [`ActivityValues`] order.
 pub(super) const ACTIVITY_COLUMNS: &str =
-    "id, actor, verb, object, target, time_us, foreign_id, extra";
+    "id, actor, verb, object, target, time_us, foreign_id, extra, recipients";
 
 /// An activity as every activity table stores it.
 #[derive(scylla::DeserializeRow)]
@@ -21,6 +21,7 @@ pub(super) struct ActivityRow {
     time_us: i64,
     foreign_id: Option<String>,
     extra: Option<String>,
+    recipients: Option<Vec<String>>,
 }
 
 impl ActivityRow {
@@ -42,6 +43,7 @@ impl ActivityRow {
             target: self.target,
             time: from_micros(self.time_us),
             foreign_id: self.foreign_id,
+            to: self.recipients.unwrap_or_default(),
             extra,
         })
     }
@@ -58,6 +60,7 @@ pub(super) type ActivityValues<'a> = (
     i64,
     MaybeUnset<&'a str>,
     MaybeUnset<String>,
+    MaybeUnset<&'a Vec<String>>,
 );
 
 pub(super) fn activity_values(a: &Activity) -> ActivityValues<'_> {
@@ -74,6 +77,7 @@ pub(super) fn activity_values(a: &Activity) -> ActivityValues<'_> {
                 .as_ref()
                 .map(|m| serde_json::Value::Object(m.clone()).to_string()),
         ),
+        MaybeUnset::from_option(Some(&a.to).filter(|to| !to.is_empty())),
     )
 }
 
@@ -112,6 +116,24 @@ impl GroupRow {
 pub(super) struct PulledFolloweeRow {
     pub(super) followee: String,
     pub(super) floor: Option<String>,
+}
+
+/// A user's counts, and when each was last counted.
+#[derive(scylla::DeserializeRow)]
+pub(super) struct CountsRow {
+    pub(super) followers: Option<i64>,
+    pub(super) following: Option<i64>,
+    pub(super) activities: Option<i64>,
+    pub(super) followers_us: Option<i64>,
+    pub(super) following_us: Option<i64>,
+    pub(super) activities_us: Option<i64>,
+}
+
+/// A notification feed's unseen and unread group ids.
+#[derive(scylla::DeserializeRow)]
+pub(super) struct MarksRow {
+    pub(super) unseen: Option<std::collections::HashSet<String>>,
+    pub(super) unread: Option<std::collections::HashSet<String>>,
 }
 
 #[derive(scylla::DeserializeRow)]
@@ -282,6 +304,7 @@ mod tests {
             time_us: 1,
             foreign_id: None,
             extra: Some(extra.to_owned()),
+            recipients: None,
         };
         let activity = row(r#"{"n": 1}"#).into_activity().unwrap();
         assert_eq!(activity.extra.unwrap()["n"], 1);

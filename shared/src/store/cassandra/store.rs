@@ -16,17 +16,17 @@ use scylla::value::Row;
 
 use super::errors::store_error;
 use super::rows::{
-    activity_values, ActivityRow, AppliedRow, CasRow, CreatedRow, EdgeCasRow, EdgeState,
-    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, PulledFolloweeRow,
-    SwapCasRow, ACTIVITY_COLUMNS,
+    activity_values, ActivityRow, AppliedRow, CasRow, CountsRow, CreatedRow, EdgeCasRow, EdgeState,
+    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, MarksRow,
+    PulledFolloweeRow, SwapCasRow, ACTIVITY_COLUMNS,
 };
 use super::session::LiveSession;
 use super::tally::Tally;
 use super::CassandraConfig;
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 use crate::store::{
-    DayRange, GroupRef, GroupWrite, IdRange, PulledFollowee, Store, StoreError, StoredGroup,
-    TimelineEntry,
+    Counted, DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store,
+    StoreError, StoredGroup, TimelineEntry, UserCounts,
 };
 
 /// How many rows or writes are in flight at once for one `insert_timeline` / `delete_timeline`.
@@ -98,6 +98,19 @@ struct Statements {
     pulled_followee_put: PreparedStatement,
     pulled_followee_delete: PreparedStatement,
     pulled_followees: PreparedStatement,
+    marks_get: PreparedStatement,
+    marks_add: PreparedStatement,
+    unseen_remove: PreparedStatement,
+    marks_remove: PreparedStatement,
+    unseen_clear: PreparedStatement,
+    marks_clear: PreparedStatement,
+    counts_get: PreparedStatement,
+    followers_set: PreparedStatement,
+    following_set: PreparedStatement,
+    activities_set: PreparedStatement,
+    followers_all: PreparedStatement,
+    following_all: PreparedStatement,
+    activities_all: PreparedStatement,
 }
 
 pub struct CassandraStore {
@@ -131,13 +144,13 @@ impl CassandraStore {
             prepare(s, format!("SELECT id, claimed_us FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ?"), true),
             prepare(s, format!("UPDATE {ks}.activity_foreign_ids SET id = ?, claimed_us = ? WHERE actor = ? AND foreign_id = ? IF id = ?"), false),
             prepare(s, format!("DELETE FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ? IF id = ?"), false),
-            prepare(s, format!("INSERT INTO {ks}.activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.activities WHERE id = ?"), true),
             prepare(s, format!("DELETE FROM {ks}.activities WHERE id = ?"), true),
-            prepare(s, format!("INSERT INTO {ks}.user_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.user_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("DELETE FROM {ks}.user_activities WHERE actor = ? AND id = ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.user_activities WHERE actor = ? AND id < ? AND id >= ? LIMIT ?"), true),
-            prepare(s, format!("INSERT INTO {ks}.timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.timeline (owner, {ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("DELETE FROM {ks}.timeline WHERE owner = ? AND id = ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.timeline WHERE owner = ? AND id < ? AND id >= ? LIMIT ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.timeline WHERE owner = ? AND id = ?"), true),
@@ -149,13 +162,26 @@ impl CassandraStore {
             prepare(s, format!("DELETE FROM {ks}.feed_groups USING TIMESTAMP ? WHERE owner = ? AND feed = ? AND day < ?"), true),
             prepare(s, format!("SELECT actor FROM {ks}.pulled_authors WHERE actor = ?"), true),
             prepare(s, format!("INSERT INTO {ks}.pulled_authors (actor, marked_us) VALUES (?, ?)"), true),
-            prepare(s, format!("INSERT INTO {ks}.pulled_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), true),
+            prepare(s, format!("INSERT INTO {ks}.pulled_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.pulled_activities WHERE actor = ? AND id = ?"), true),
             prepare(s, format!("DELETE FROM {ks}.pulled_activities WHERE actor = ? AND id = ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.pulled_activities WHERE actor = ? AND id < ? AND id >= ? LIMIT ?"), true),
             prepare(s, format!("INSERT INTO {ks}.pulled_followees (user, followee, floor) VALUES (?, ?, ?)"), true),
             prepare(s, format!("DELETE FROM {ks}.pulled_followees WHERE user = ? AND followee = ?"), true),
             prepare(s, format!("SELECT followee, floor FROM {ks}.pulled_followees WHERE user = ?"), true),
+            prepare(s, format!("SELECT unseen, unread FROM {ks}.notification_marks WHERE owner = ?"), true),
+            prepare(s, format!("UPDATE {ks}.notification_marks USING TIMESTAMP ? SET unseen = unseen + ?, unread = unread + ? WHERE owner = ?"), true),
+            prepare(s, format!("UPDATE {ks}.notification_marks USING TIMESTAMP ? SET unseen = unseen - ? WHERE owner = ?"), true),
+            prepare(s, format!("UPDATE {ks}.notification_marks USING TIMESTAMP ? SET unseen = unseen - ?, unread = unread - ? WHERE owner = ?"), true),
+            prepare(s, format!("DELETE unseen FROM {ks}.notification_marks USING TIMESTAMP ? WHERE owner = ?"), true),
+            prepare(s, format!("DELETE unseen, unread FROM {ks}.notification_marks USING TIMESTAMP ? WHERE owner = ?"), true),
+            prepare(s, format!("SELECT followers, following, activities, followers_us, following_us, activities_us FROM {ks}.user_counts WHERE user = ?"), true),
+            prepare(s, format!("UPDATE {ks}.user_counts USING TIMESTAMP ? SET followers = ?, followers_us = ? WHERE user = ?"), true),
+            prepare(s, format!("UPDATE {ks}.user_counts USING TIMESTAMP ? SET following = ?, following_us = ? WHERE user = ?"), true),
+            prepare(s, format!("UPDATE {ks}.user_counts USING TIMESTAMP ? SET activities = ?, activities_us = ? WHERE user = ?"), true),
+            prepare(s, format!("SELECT created_us FROM {ks}.followers WHERE user = ?"), true),
+            prepare(s, format!("SELECT created_us FROM {ks}.following WHERE user = ?"), true),
+            prepare(s, format!("SELECT time_us FROM {ks}.user_activities WHERE actor = ?"), true),
         )?;
         let st = Statements {
             health: st.0,
@@ -195,6 +221,19 @@ impl CassandraStore {
             pulled_followee_put: st.34,
             pulled_followee_delete: st.35,
             pulled_followees: st.36,
+            marks_get: st.37,
+            marks_add: st.38,
+            unseen_remove: st.39,
+            marks_remove: st.40,
+            unseen_clear: st.41,
+            marks_clear: st.42,
+            counts_get: st.43,
+            followers_set: st.44,
+            following_set: st.45,
+            activities_set: st.46,
+            followers_all: st.47,
+            following_all: st.48,
+            activities_all: st.49,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -292,6 +331,44 @@ impl CassandraStore {
         }
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// How many rows of a partition's slice pass `keep` (on the statement's only column), page
+    /// after page.
+    async fn count_rows(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        keep: impl Fn(i64) -> bool,
+    ) -> Result<u64, StoreError> {
+        let values = &values;
+        let mut count = 0;
+        let mut paging = PagingState::start();
+        loop {
+            let page = &paging;
+            let (result, next) = self
+                .session
+                .run(op, statement, |session| async move {
+                    session
+                        .execute_single_page(statement, values, page.clone())
+                        .await
+                })
+                .await?;
+            if let Some(tally) = &self.tally {
+                tally.record(statement, values, Some(&result));
+            }
+            let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+            for row in rows.rows::<(i64,)>().map_err(|e| store_error(op, e))? {
+                if keep(row.map_err(|e| store_error(op, e))?.0) {
+                    count += 1;
+                }
+            }
+            match next {
+                PagingStateResponse::HasMorePages { state } => paging = state,
+                PagingStateResponse::NoMorePages => return Ok(count),
+            }
+        }
     }
 
     /// Runs a lightweight transaction.
@@ -730,7 +807,7 @@ impl Store for CassandraStore {
         let writes: Vec<_> = entries
             .iter()
             .map(|TimelineEntry { owner, activity }| {
-                let (id, actor, verb, object, target, time_us, foreign_id, extra) =
+                let (id, actor, verb, object, target, time_us, foreign_id, extra, to) =
                     activity_values(activity);
                 let values = (
                     owner.as_str(),
@@ -742,6 +819,7 @@ impl Store for CassandraStore {
                     time_us,
                     foreign_id,
                     extra,
+                    to,
                 );
                 self.execute("insert_timeline", &self.st.timeline_insert, values)
             })
@@ -987,6 +1065,104 @@ impl Store for CassandraStore {
             })
             .collect())
     }
+
+    async fn user_counts(&self, user: &str) -> Result<UserCounts, StoreError> {
+        let row: Option<CountsRow> = self
+            .get_row("user_counts", &self.st.counts_get, (user,))
+            .await?;
+        let n = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+        Ok(row.map_or_else(UserCounts::default, |r| UserCounts {
+            followers: n(r.followers),
+            following: n(r.following),
+            activities: n(r.activities),
+        }))
+    }
+
+    async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError> {
+        let op = "recount";
+        let row: Option<CountsRow> = self.get_row(op, &self.st.counts_get, (user,)).await?;
+        let done_us = row.map_or(None, |r| match what {
+            Counted::Followers => r.followers_us,
+            Counted::Following => r.following_us,
+            Counted::Activities => r.activities_us,
+        });
+        // Another machine's clock may run ahead: only a count begun clearly after the ask is enough.
+        if done_us.is_some_and(|t| t >= asked_us.saturating_add(crate::store::CLOCK_SKEW_US)) {
+            return Ok(());
+        }
+        // Stored as of the count's start: a later count wins over this one, an earlier one loses.
+        let started = now_us();
+        let (all, set) = match what {
+            Counted::Followers => (&self.st.followers_all, &self.st.followers_set),
+            Counted::Following => (&self.st.following_all, &self.st.following_set),
+            Counted::Activities => (&self.st.activities_all, &self.st.activities_set),
+        };
+        // `following` keeps an unfollowed edge with its time negated, below zero.
+        let count = self.count_rows(op, all, (user,), |t: i64| t >= 0).await?;
+        self.execute(op, set, (started, count as i64, started, user))
+            .await
+            .map(drop)
+    }
+
+    async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {
+        let row: Option<MarksRow> = self
+            .get_row("notification_marks", &self.st.marks_get, (owner,))
+            .await?;
+        Ok(
+            row.map_or_else(NotificationMarks::default, |r| NotificationMarks {
+                unseen: r.unseen.unwrap_or_default(),
+                unread: r.unread.unwrap_or_default(),
+            }),
+        )
+    }
+
+    async fn add_notification_marks(
+        &self,
+        owner: &str,
+        keys: &[String],
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.execute(
+            "add_notification_marks",
+            &self.st.marks_add,
+            (at_us, keys, keys, owner),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn remove_notification_marks(
+        &self,
+        owner: &str,
+        keys: Option<&[String]>,
+        read: bool,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        let op = "remove_notification_marks";
+        match (keys, read) {
+            (Some([]), _) => return Ok(()),
+            (Some(keys), false) => {
+                self.execute(op, &self.st.unseen_remove, (at_us, keys, owner))
+                    .await?
+            }
+            (Some(keys), true) => {
+                self.execute(op, &self.st.marks_remove, (at_us, keys, keys, owner))
+                    .await?
+            }
+            (None, false) => {
+                self.execute(op, &self.st.unseen_clear, (at_us, owner))
+                    .await?
+            }
+            (None, true) => {
+                self.execute(op, &self.st.marks_clear, (at_us, owner))
+                    .await?
+            }
+        };
+        Ok(())
+    }
 }
 
 /// Runs the writes with at most [`WRITE_CONCURRENCY`] in flight; the first error wins.
@@ -1044,6 +1220,7 @@ mod tests {
             target: None,
             time,
             foreign_id: Some(foreign_id.to_owned()),
+            to: Vec::new(),
             extra: None,
         }
     }
