@@ -1081,7 +1081,7 @@ impl Store for CassandraStore {
     async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError> {
         let op = "recount";
         let row: Option<CountsRow> = self.get_row(op, &self.st.counts_get, (user,)).await?;
-        let done_us = row.map_or(None, |r| match what {
+        let done_us = row.and_then(|r| match what {
             Counted::Followers => r.followers_us,
             Counted::Following => r.following_us,
             Counted::Activities => r.activities_us,
