@@ -582,7 +582,8 @@ pub async fn delivery(ctx: &Ctx, cass: &Cass) -> Result<Vec<DeliveryResult>, Box
             None,
             None,
         )?;
-        let jobs = expected_jobs(n);
+        // The delivery's chunks, and the recount of the actor's activities the post enqueues too.
+        let jobs = expected_jobs(n) + 1;
         let mut lat = Vec::new();
         let mut post_ms = Vec::new();
         for i in 0..posts {
