@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::deserialize::row::DeserializeRow;
-use scylla::response::query_result::QueryResult;
+use scylla::response::query_result::{QueryResult, QueryRowsResult};
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
@@ -292,6 +292,30 @@ impl CassandraStore {
         rows.maybe_first_row::<R>().map_err(|e| store_error(op, e))
     }
 
+    /// One page of a slice from `paging` on (counted when the store counts), and where the next
+    /// page starts.
+    async fn single_page(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        values: &impl SerializeRow,
+        paging: &PagingState,
+    ) -> Result<(QueryRowsResult, PagingStateResponse), StoreError> {
+        let (result, next) = self
+            .session
+            .run(op, statement, |session| async move {
+                session
+                    .execute_single_page(statement, values, paging.clone())
+                    .await
+            })
+            .await?;
+        if let Some(tally) = &self.tally {
+            tally.record(statement, values, Some(&result));
+        }
+        let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+        Ok((rows, next))
+    }
+
     /// Up to `limit` rows of a slice whose CQL also says `LIMIT`, page after page: a server may
     /// end a page early (Amazon Keyspaces stops at 1 MB), so one page is not always all of them.
     async fn get_rows<R>(
@@ -304,23 +328,10 @@ impl CassandraStore {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
-        let values = &values;
         let mut out = Vec::new();
         let mut paging = PagingState::start();
         while out.len() < limit {
-            let page = &paging;
-            let (result, next) = self
-                .session
-                .run(op, statement, |session| async move {
-                    session
-                        .execute_single_page(statement, values, page.clone())
-                        .await
-                })
-                .await?;
-            if let Some(tally) = &self.tally {
-                tally.record(statement, values, Some(&result));
-            }
-            let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+            let (rows, next) = self.single_page(op, statement, &values, &paging).await?;
             for row in rows.rows::<R>().map_err(|e| store_error(op, e))? {
                 out.push(row.map_err(|e| store_error(op, e))?);
             }
@@ -342,23 +353,10 @@ impl CassandraStore {
         values: impl SerializeRow,
         keep: impl Fn(i64) -> bool,
     ) -> Result<u64, StoreError> {
-        let values = &values;
         let mut count = 0;
         let mut paging = PagingState::start();
         loop {
-            let page = &paging;
-            let (result, next) = self
-                .session
-                .run(op, statement, |session| async move {
-                    session
-                        .execute_single_page(statement, values, page.clone())
-                        .await
-                })
-                .await?;
-            if let Some(tally) = &self.tally {
-                tally.record(statement, values, Some(&result));
-            }
-            let rows = result.into_rows_result().map_err(|e| store_error(op, e))?;
+            let (rows, next) = self.single_page(op, statement, &values, &paging).await?;
             for row in rows.rows::<(i64,)>().map_err(|e| store_error(op, e))? {
                 if keep(row.map_err(|e| store_error(op, e))?.0) {
                     count += 1;
