@@ -132,6 +132,7 @@ pub async fn tombstones(ctx: &Ctx, cass: &Cass) -> Result<TombstoneResult, BoxEr
         GROUPING,
         None,
         25,
+        usize::MAX,
         aggregate::scan_time,
     )
     .await?;

@@ -1,6 +1,7 @@
 //! Pulled authors end to end, on both backends: with `FEEDS_PULL_THRESHOLD=2`, an actor with a
 //! third follower stops being fanned out, and its readers cannot tell: order, grouping, paging,
-//! backfill on follow, removal on unfollow and deletion behave as for fanned-out activities.
+//! backfill on follow, removal on unfollow, deletion and the maximum length behave as for
+//! fanned-out activities.
 
 use std::time::Duration;
 
@@ -18,12 +19,21 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_feeds-server");
 const FANOUT: Duration = Duration::from_secs(60);
 
+const MAX: usize = 6;
+
 fn settings() -> Vec<(&'static str, String)> {
-    vec![("FEEDS_PULL_THRESHOLD", "2".to_owned())]
+    vec![
+        ("FEEDS_PULL_THRESHOLD", "2".to_owned()),
+        ("FEEDS_FEED_MAX_LENGTH", MAX.to_string()),
+    ]
 }
 
 async fn post(api: &Api, actor: &str, verb: &str, minute: u32) -> String {
-    let time = format!("2026-11-29T10:{minute:02}:00Z");
+    post_at(api, actor, verb, &format!("2026-11-29T10:{minute:02}:00Z")).await
+}
+
+async fn post_at(api: &Api, actor: &str, verb: &str, time: &str) -> String {
+    let minute = &time[14..16];
     let body =
         json!({"actor": actor, "verb": verb, "object": format!("obj_{minute}"), "time": time});
     let answer = api.post(actor, body).await;
@@ -165,11 +175,63 @@ async fn readers_cannot_tell_a_pulled_author_from_a_fanned_out_one(
     }
 }
 
+/// A reader of a pulled and a fanned-out author: its feeds hold the newest `MAX` of both together,
+/// by any page size, and the aggregated groups count exactly those.
+async fn the_maximum_length_counts_pulled_activities(server: &Server) {
+    let api = Api::new(server);
+    let queue = server.queue();
+    let (star, other, reader) = (unique("star"), unique("other"), unique("reader"));
+    for fan in [reader.clone(), unique("fan"), unique("fan")] {
+        api.follow(&fan, &star).await;
+    }
+    api.follow(&reader, &other).await;
+    until_drained(queue, FANOUT).await;
+    // 9 activities over two days, the star's pulled, the other's fanned out; the newest 6 are
+    // the second day's 4 and the first day's 2 newest, so the cut falls within a day.
+    let mut posted = Vec::new();
+    for i in 0..9u32 {
+        let (actor, verb) = match i % 3 {
+            0 => (&other, "post"),
+            1 => (&star, "post"),
+            _ => (&star, "like"),
+        };
+        let time = format!("2026-11-{:02}T10:{i:02}:00Z", 27 + i / 5);
+        posted.push(post_at(&api, actor, verb, &time).await);
+    }
+    until_drained(queue, FANOUT).await;
+    let newest: Vec<String> = posted.iter().rev().take(MAX).cloned().collect();
+    for size in [1, 2, 4, 25] {
+        let walked = ids(&api.walk_by("/feeds/flat", &token(&reader), size).await);
+        assert_eq!(walked, newest, "the flat feed by pages of {size}");
+        let g = groups(&api, &reader, size).await;
+        let mut listed: Vec<String> = g
+            .iter()
+            .flat_map(|g| ids(g["activities"].as_array().unwrap()))
+            .collect();
+        listed.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(listed, newest, "the aggregated feed by pages of {size}");
+        let counted: u64 = g
+            .iter()
+            .map(|g| g["activity_count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, MAX as u64, "and its groups count them: {g:?}");
+        let oldest = g.last().unwrap();
+        assert_eq!(oldest["created_at"], "2026-11-27T10:03:00Z", "{oldest}");
+    }
+    let page: Value = api.get("/feeds/flat?limit=6", &token(&reader)).await.body;
+    assert_eq!(
+        page["next"],
+        Value::Null,
+        "a full feed ends on its last page"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_default() {
     let (server, db) = Server::embedded(BIN, "pulled-embedded", &settings());
     let store = SqliteStore::new(SqliteDb::open(db).unwrap());
     readers_cannot_tell_a_pulled_author_from_a_fanned_out_one(&server, &store).await;
+    the_maximum_length_counts_pulled_activities(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,4 +246,5 @@ async fn cassandra_and_sqs() {
     );
     let store = cassandra_store("feeds_pulled").await;
     readers_cannot_tell_a_pulled_author_from_a_fanned_out_one(&server, store.as_ref()).await;
+    the_maximum_length_counts_pulled_activities(&server).await;
 }

@@ -229,16 +229,35 @@ impl AggregatedGroup {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupPosition {
     pub newest_id: String,
+    /// Activities of the days newer than `newest_id`'s, counted against the feed's maximum
+    /// length when pulled authors are merged in (0 otherwise).
+    pub above: usize,
 }
 
 impl GroupPosition {
+    pub fn new(newest_id: String) -> Self {
+        GroupPosition {
+            newest_id,
+            above: 0,
+        }
+    }
+
+    /// `<id>`, or `<id>.<above>` when `above` is not 0.
     pub fn encode(&self) -> String {
-        self.newest_id.clone()
+        match self.above {
+            0 => self.newest_id.clone(),
+            n => format!("{}.{n}", self.newest_id),
+        }
     }
 
     pub fn decode(text: &str) -> Option<Self> {
-        ActivityId::is_valid(text).then(|| GroupPosition {
-            newest_id: text.to_owned(),
+        let (id, above) = match text.split_once('.') {
+            Some((id, n)) => (id, n.parse().ok().filter(|n| *n > 0)?),
+            None => (text, 0),
+        };
+        ActivityId::is_valid(id).then(|| GroupPosition {
+            newest_id: id.to_owned(),
+            above,
         })
     }
 }
@@ -525,14 +544,16 @@ async fn stored_days(
 
 /// One page of `owner`'s aggregated feed, each group as its JSON, and the position of the next
 /// page (`None` at the end). The groups of the timeline are stored; the activities of the pulled
-/// authors `owner` follows are merged into them, day by day. `scan_time` answers the time a
-/// timeline scan starting now is stored as of: [`scan_time`] in production.
+/// authors `owner` follows are merged into them, day by day, and then the feed ends at its
+/// `max_length` newest activities (the timeline alone is trimmed on write). `scan_time` answers
+/// the time a timeline scan starting now is stored as of: [`scan_time`] in production.
 pub async fn page(
     store: &dyn Store,
     owner: &str,
     grouping: Grouping,
     from: Option<&GroupPosition>,
     limit: usize,
+    max_length: usize,
     scan_time: impl Fn() -> i64 + Copy,
 ) -> Result<(Vec<Box<RawValue>>, Option<GroupPosition>), StoreError> {
     let feed = grouping.feed();
@@ -549,9 +570,15 @@ pub async fn page(
     let mut buffer: std::collections::VecDeque<(i32, Vec<StoredGroup>)> = first.into();
     let mut stored_left = !buffer.is_empty();
     let mut ahead = PulledAhead::new(store, &pulled);
+    // Activities of the days already walked, counted when pulled activities are merged in.
+    let bounded = !pulled.is_empty();
+    let mut above = from.map_or(0, |p| p.above);
     let mut out = Vec::with_capacity(limit);
-    let mut last: Option<String> = None;
+    let mut last: Option<GroupPosition> = None;
     loop {
+        if bounded && above >= max_length {
+            return Ok((out, None));
+        }
         if buffer.is_empty() && stored_left {
             buffer = stored_days(store, owner, feed, max_day).await?.into();
             stored_left = !buffer.is_empty();
@@ -566,8 +593,20 @@ pub async fn page(
             false => Vec::new(),
         };
         let mut groups = day_groups(store, owner, grouping, day, rows, scan_time).await?;
-        if pulled_day == Some(day) {
-            groups = merge_pulled(ahead.take_day(day).await?, grouping, groups)?;
+        let pulled = match pulled_day == Some(day) {
+            true => ahead.take_day(day).await?,
+            false => Vec::new(),
+        };
+        let day_above = above;
+        if bounded {
+            groups = merge_pulled(pulled.clone(), grouping, groups)?;
+            let count = day_count(&groups)?;
+            if above + count > max_length {
+                // The feed ends within this day: its newest activities only, regrouped.
+                let keep = max_length - above;
+                groups = cut_day(store, owner, grouping, day, pulled, keep).await?;
+            }
+            above += count;
         }
         groups.sort_by(|a, b| b.newest_id.cmp(&a.newest_id));
         for summary in groups {
@@ -575,13 +614,50 @@ pub async fn page(
                 continue;
             }
             if out.len() == limit {
-                return Ok((out, last.map(|newest_id| GroupPosition { newest_id })));
+                return Ok((out, last));
             }
-            last = Some(summary.newest_id.clone());
+            last = Some(GroupPosition {
+                newest_id: summary.newest_id.clone(),
+                above: day_above,
+            });
             out.push(served(summary)?);
         }
         max_day = Some(day - 1);
     }
+}
+
+/// The activities `groups` count together.
+fn day_count(groups: &[GroupSummary]) -> Result<usize, StoreError> {
+    #[derive(Deserialize)]
+    struct Count {
+        activity_count: usize,
+    }
+    groups.iter().try_fold(0, |sum, g| {
+        let c: Count = serde_json::from_str(&g.json)
+            .map_err(|e| StoreError::Internal(format!("a stored group does not parse: {e}")))?;
+        Ok(sum + c.activity_count)
+    })
+}
+
+/// The groups of `day` holding only its `keep` newest activities, from the timeline's rows of
+/// the day and the day's `pulled` activities.
+async fn cut_day(
+    store: &dyn Store,
+    owner: &str,
+    grouping: Grouping,
+    day: i32,
+    pulled: Vec<Activity>,
+    keep: usize,
+) -> Result<Vec<GroupSummary>, StoreError> {
+    let mut all = scan_day(store, owner, day).await?;
+    all.extend(pulled);
+    all.sort_by(|a, b| b.id.cmp(&a.id));
+    all.dedup_by(|a, b| a.id == b.id);
+    all.truncate(keep);
+    build_groups(all, grouping)
+        .iter()
+        .map(AggregatedGroup::summary)
+        .collect()
 }
 
 /// Microseconds since the epoch, by this machine's clock.
@@ -641,6 +717,7 @@ mod tests {
                 Grouping::VerbDay,
                 from.as_ref(),
                 limit,
+                usize::MAX,
                 now_us,
             )
             .await
@@ -718,14 +795,21 @@ mod tests {
         let a = act("u", "post", "2026-11-01T10:00:00Z");
         let b = act("u", "like", "2026-11-01T11:00:00Z");
         deliver(&store, "r", &[a, b]).await;
-        let (groups, next) = page(&store, "r", Grouping::VerbDay, None, 2, scan_time)
-            .await
-            .unwrap();
+        let first_page = |owner| {
+            page(
+                &store,
+                owner,
+                Grouping::VerbDay,
+                None,
+                2,
+                usize::MAX,
+                scan_time,
+            )
+        };
+        let (groups, next) = first_page("r").await.unwrap();
         assert_eq!(groups.len(), 2);
         assert_eq!(next, None);
-        let (groups, _) = page(&store, "nobody", Grouping::VerbDay, None, 2, scan_time)
-            .await
-            .unwrap();
+        let (groups, _) = first_page("nobody").await.unwrap();
         assert!(groups.is_empty());
     }
 

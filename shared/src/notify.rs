@@ -174,7 +174,15 @@ pub async fn page(
 ) -> Result<NotificationPage, StoreError> {
     let owner = feed_owner(user);
     let (page, marks) = tokio::try_join!(
-        aggregate::page(store, &owner, GROUPING, from, limit, aggregate::scan_time),
+        aggregate::page(
+            store,
+            &owner,
+            GROUPING,
+            from,
+            limit,
+            usize::MAX, // trimmed on write: no pulled authors here
+            aggregate::scan_time,
+        ),
         store.notification_marks(&owner)
     )?;
     let (groups, next) = page;

@@ -45,6 +45,33 @@ fn edge_jobs(edge: &FollowEdge, follow: bool) -> Vec<FanoutJob> {
 /// Edges of a batch written at once.
 const BATCH_CONCURRENCY: usize = 8;
 
+/// Where the next page of a flat feed starts: below `before`, with `served` activities of the
+/// walk before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlatPosition {
+    pub before: String,
+    pub served: usize,
+}
+
+impl FlatPosition {
+    /// `<id>.<served>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.before, self.served)
+    }
+
+    /// Also `<id>` alone, as cursors of earlier releases were: nothing counted.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (id, served) = match text.split_once('.') {
+            Some((id, n)) => (id, n.parse().ok()?),
+            None => (text, 0),
+        };
+        ActivityId::is_valid(id).then(|| FlatPosition {
+            before: id.to_owned(),
+            served,
+        })
+    }
+}
+
 /// The feeds service over a store and the fan-out queue. Built once per process; cloning is cheap.
 #[derive(Clone)]
 pub struct Feeds {
@@ -53,6 +80,7 @@ pub struct Feeds {
     grouping: Grouping,
     pull_threshold: usize,
     chunk_size: usize,
+    max_length: usize,
 }
 
 /// What `GET /health` reports: each dependency, reachable or not.
@@ -69,6 +97,7 @@ impl Feeds {
             grouping: settings.grouping,
             pull_threshold: settings.pull_threshold,
             chunk_size: settings.chunk_size,
+            max_length: settings.max_length,
         }
     }
 
@@ -338,13 +367,17 @@ impl Feeds {
         Ok(())
     }
 
-    /// `owner`'s flat feed, newest first, ids before `before`.
+    /// `owner`'s flat feed, newest first, after `from`. With pulled authors merged in, the feed
+    /// ends at its `max_length` newest activities, counted along the walk (the timeline alone is
+    /// trimmed on write).
     pub async fn flat(
         &self,
         owner: &str,
-        before: Option<&str>,
+        from: Option<&FlatPosition>,
         limit: usize,
     ) -> Result<Vec<Activity>> {
+        let before = from.map(|p| p.before.as_str());
+        let left = self.max_length.saturating_sub(from.map_or(0, |p| p.served));
         let (rows, pulled) = tokio::try_join!(
             self.store.timeline(owner, range(before), limit),
             self.store.pulled_followees(owner)
@@ -366,7 +399,7 @@ impl Feeds {
         }
         all.sort_by(|a, b| b.id.cmp(&a.id));
         all.dedup_by(|a, b| a.id == b.id);
-        all.truncate(limit);
+        all.truncate(limit.min(left));
         Ok(all)
     }
 
@@ -390,7 +423,8 @@ impl Feeds {
     ) -> Result<(Vec<Box<RawValue>>, Option<GroupPosition>)> {
         let store = self.store.as_ref();
         let time = aggregate::scan_time;
-        Ok(aggregate::page(store, owner, self.grouping, from.as_ref(), limit, time).await?)
+        let (grouping, max) = (self.grouping, self.max_length);
+        Ok(aggregate::page(store, owner, grouping, from.as_ref(), limit, max, time).await?)
     }
 
     /// A page of the principal's notification feed from `from`.

@@ -378,6 +378,7 @@ async fn read(store: &GatedStore, owner: &str) -> Vec<Value> {
             Grouping::VerbDay,
             from.as_ref(),
             10,
+            usize::MAX,
             aggregate::now_us,
         )
         .await

@@ -16,7 +16,7 @@ use crate::auth::Principal;
 use crate::cursor::{CursorCodec, InvalidCursor};
 use crate::model::{Activity, FollowBatch, FollowRequest, NewActivity};
 use crate::notify::MarkRequest;
-use crate::service::Side;
+use crate::service::{FlatPosition, Side};
 
 type Answer = Result<Response, ApiError>;
 
@@ -163,18 +163,24 @@ pub(super) async fn flat_feed(
     q: ListQuery,
 ) -> Answer {
     let list = format!("flat:{}", principal.sub);
-    let before = app.position(&list, &q)?;
+    let from = app
+        .position(&list, &q)?
+        .map(|p| FlatPosition::decode(&p).ok_or(InvalidCursor))
+        .transpose()?;
     let rows = app
         .feeds
-        .flat(&principal.sub, before.as_deref(), q.limit + 1)
+        .flat(&principal.sub, from.as_ref(), q.limit + 1)
         .await?;
-    Ok(page(
-        rows,
-        q.limit,
-        |a: &Activity| a.id.clone(),
-        &list,
-        &app.cursors,
-    ))
+    // A next page follows a full one.
+    let served = from.map_or(0, |p| p.served) + q.limit;
+    let position = |a: &Activity| {
+        FlatPosition {
+            before: a.id.clone(),
+            served,
+        }
+        .encode()
+    };
+    Ok(page(rows, q.limit, position, &list, &app.cursors))
 }
 
 pub(super) async fn user_feed(
