@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::auth::{AuthConfig, Verifier};
 use crate::cursor::CursorCodec;
 use crate::fanout::{Fanout, FanoutSettings};
+use crate::limits::{Limiter, RateSettings};
 use crate::http::App;
 use crate::queue::embedded::EmbeddedQueue;
 #[cfg(feature = "aws")]
@@ -30,6 +31,7 @@ pub struct Settings {
     /// embedded queue.
     pub sqlite_path: String,
     pub fanout: FanoutSettings,
+    pub rates: RateSettings,
     pub auth: AuthConfig,
     /// `FEEDS_CURSOR_SECRET`; `None`: the development secret, with a warning.
     pub cursor_secret: Option<String>,
@@ -221,11 +223,20 @@ impl Settings {
                 fanout_defaults.pull_threshold,
             )?,
         };
+        let rate_defaults = RateSettings::default();
+        let rates = RateSettings {
+            writes: env.parse_or("FEEDS_RATE_WRITES", "a whole number", rate_defaults.writes)?,
+            reads: env.parse_or("FEEDS_RATE_READS", "a whole number", rate_defaults.reads)?,
+            lease: env
+                .parse_or("FEEDS_RATE_LEASE", "a whole number", rate_defaults.lease)?
+                .max(1),
+        };
         Ok(Settings {
             store,
             queue,
             sqlite_path: env.string_or("FEEDS_SQLITE_PATH", "feeds.db")?,
             fanout,
+            rates,
             auth: AuthConfig::read(env)?,
             cursor_secret: env.secret("FEEDS_CURSOR_SECRET")?,
             bind: env.string_or("FEEDS_BIND", "127.0.0.1:3000")?,
@@ -324,6 +335,7 @@ pub fn app(settings: &Settings, backends: &Backends) -> Result<App, SettingsErro
         ),
         verifier: Arc::new(verifier),
         cursors: CursorCodec::new(secret.as_bytes()),
+        limiter: Arc::new(Limiter::new(backends.store.clone(), settings.rates)),
     })
 }
 

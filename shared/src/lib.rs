@@ -17,6 +17,8 @@
 //!   ([`queue::Queue`]) and receiving ([`queue::Consumer`]) interfaces, the embedded queue and SQS.
 //!   Uses `store` (the embedded queue lives in the SQLite file), `settings`.
 //! - [`aggregate`]: aggregated feeds. Uses `model`, `store`.
+//! - [`limits`]: rate limits per principal for the whole deployment, counted in the store. Uses
+//!   `store`.
 //! - [`notify`]: notification feeds (a timeline per user under its own key, grouped by verb,
 //!   object and day) and their unseen and unread groups. Uses `model`, `store`, `aggregate`.
 //! - [`fanout`]: runs fan-out jobs and the one in-process worker loop. Uses `store`, `queue`,
@@ -42,6 +44,7 @@ pub mod fanout;
 pub mod http;
 #[cfg(feature = "aws")]
 pub mod lambda;
+pub mod limits;
 pub mod model;
 pub mod notify;
 pub mod queue;

@@ -224,6 +224,18 @@ impl Store for GatedStore {
     async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError> {
         self.inner.recount(user, what, asked_us).await
     }
+    async fn take_allowance(
+        &self,
+        principal: &str,
+        class: &str,
+        minute: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .take_allowance(principal, class, minute, want, limit)
+            .await
+    }
     async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {
         self.inner.notification_marks(owner).await
     }

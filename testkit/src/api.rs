@@ -8,9 +8,10 @@ use serde_json::{json, Value};
 use crate::server::Server;
 use crate::tokens::token;
 
-/// A JSON answer: status, and the body parsed (`Null` when empty, a string when not JSON).
+/// A JSON answer: status, headers, and the body parsed (`Null` when empty, a string when not JSON).
 pub struct Answer {
     pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
 }
 
@@ -139,13 +140,18 @@ impl Api {
 /// Reads a response as an [`Answer`].
 pub async fn answer(res: reqwest::Response) -> Answer {
     let status = res.status();
+    let headers = res.headers().clone();
     let text = res.text().await.unwrap_or_default();
     let body = if text.is_empty() {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
-    Answer { status, body }
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// The `id`s of activities, in order.

@@ -4,7 +4,7 @@
 use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use super::App;
 use crate::auth::Principal;
+use crate::limits::{Admission, RateClass};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -20,8 +21,9 @@ const DRAIN_BYTES: usize = 1024 * 1024;
 const DEFAULT_LIMIT: usize = 25;
 const MAX_LIMIT: usize = 100;
 
-/// Middleware on every route but `/health`: verifies the token and hands the [`Principal`] to the
-/// handler, or answers `401` — before the body is looked at, as the contract orders its checks.
+/// Middleware on every route but `/health`: verifies the token and counts the request against the
+/// principal's rate limit, then hands the [`Principal`] to the handler; or answers `401` or `429`,
+/// before the body is looked at, as the contract orders its checks.
 /// A refused request's body is drained first (up to 1 MiB): a connection left with unread bytes
 /// cannot be reused, and a keep-alive client that sends its next request on it sees it drop.
 pub(crate) async fn authenticate(State(app): State<App>, request: Request, next: Next) -> Response {
@@ -29,16 +31,35 @@ pub(crate) async fn authenticate(State(app): State<App>, request: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    match app.verifier.verify_header(value) {
-        Ok(principal) => {
-            let mut request = request;
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(e) => {
-            let _ = to_bytes(request.into_body(), DRAIN_BYTES).await;
-            ApiError::from(e).into_response()
-        }
+    let refused = match app.verifier.verify_header(value) {
+        Ok(principal) => match admit(&app, &principal, request.method()).await {
+            Ok(()) => {
+                let mut request = request;
+                request.extensions_mut().insert(principal);
+                return next.run(request).await;
+            }
+            Err(e) => e,
+        },
+        Err(e) => ApiError::from(e),
+    };
+    let _ = to_bytes(request.into_body(), DRAIN_BYTES).await;
+    refused.into_response()
+}
+
+/// The rate limit, after authentication and before anything else: `feeds:admin` principals are
+/// not limited; a `GET` is a read, anything else a write.
+async fn admit(app: &App, principal: &Principal, method: &Method) -> Result<(), ApiError> {
+    if principal.admin {
+        return Ok(());
+    }
+    let class = if method == Method::GET {
+        RateClass::Read
+    } else {
+        RateClass::Write
+    };
+    match app.limiter.admit(&principal.sub, class).await? {
+        Admission::Admitted => Ok(()),
+        Admission::Refused { retry_after_secs } => Err(ApiError::rate_limited(retry_after_secs)),
     }
 }
 

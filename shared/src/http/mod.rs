@@ -10,6 +10,7 @@ use axum::Router;
 
 use crate::auth::Verifier;
 use crate::cursor::CursorCodec;
+use crate::limits::Limiter;
 use crate::service::Feeds;
 
 pub mod error;
@@ -25,6 +26,7 @@ pub struct App {
     pub feeds: Feeds,
     pub verifier: Arc<Verifier>,
     pub cursors: CursorCodec,
+    pub limiter: Arc<Limiter>,
 }
 
 /// Which routes a router serves.

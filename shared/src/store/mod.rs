@@ -128,6 +128,13 @@ pub struct NotificationMarks {
 /// recount skips only when a count began more than this after it was asked.
 pub const CLOCK_SKEW_US: i64 = 250_000;
 
+/// What a taker of `want` gets of an allowance of `limit` when the count, its own `want`
+/// included, reads `used`: all of it under the limit, what is left of it at the limit, nothing
+/// over it.
+pub fn granted(want: u64, used: u64, limit: u64) -> u64 {
+    want.saturating_sub(used.saturating_sub(limit))
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cheap query that proves the store answers.
@@ -256,6 +263,18 @@ pub trait Store: Send + Sync + 'static {
     /// Makes `user`'s count of `what` exact again, from its rows, unless a count that began after
     /// `asked_us` did already. A store that keeps its counts exact as it writes does nothing.
     async fn recount(&self, user: &str, what: Counted, asked_us: i64) -> Result<(), StoreError>;
+
+    /// Takes up to `want` of `principal`'s `class` allowance in `minute` (minutes since 1970),
+    /// whose limit is `limit`, and answers how much it got: 0 when none is left. However many
+    /// processes take at once, no more than `limit` is granted in a minute.
+    async fn take_allowance(
+        &self,
+        principal: &str,
+        class: &str,
+        minute: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError>;
 
     /// Which groups of the notification feed `owner` are unseen and unread.
     async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError>;

@@ -67,6 +67,9 @@ END;
 CREATE TRIGGER IF NOT EXISTS deletes_counted AFTER DELETE ON activities BEGIN
     UPDATE user_counts SET activities = activities - 1 WHERE user = OLD.actor;
 END;
+CREATE TABLE IF NOT EXISTS rate_windows (
+    principal TEXT NOT NULL, class TEXT NOT NULL, minute INTEGER NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (principal, class, minute)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pulled_followees (
     user TEXT NOT NULL, followee TEXT NOT NULL, floor TEXT,
     PRIMARY KEY (user, followee)) WITHOUT ROWID;
@@ -788,6 +791,42 @@ impl Store for SqliteStore {
     /// Kept exact by triggers, in the transaction of each change.
     async fn recount(&self, _: &str, _: Counted, _: i64) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn take_allowance(
+        &self,
+        principal: &str,
+        class: &str,
+        minute: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let (principal, class) = (principal.to_owned(), class.to_owned());
+        let (want_i, limit_i) = (want as i64, limit as i64);
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                let used: i64 = tx.query_row(
+                    "SELECT used FROM rate_windows WHERE principal = ?1 AND class = ?2 AND minute = ?3",
+                    params![principal, class, minute],
+                    |row| row.get(0),
+                ).optional()?.unwrap_or(0);
+                let granted = want_i.min((limit_i - used).max(0));
+                if granted > 0 {
+                    tx.execute(
+                        "INSERT INTO rate_windows (principal, class, minute, used) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT DO UPDATE SET used = used + excluded.used",
+                        params![principal, class, minute, granted],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM rate_windows WHERE principal = ?1 AND class = ?2 AND minute < ?3",
+                        params![principal, class, minute],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(granted as u64)
+            })
+            .await
     }
 
     async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {

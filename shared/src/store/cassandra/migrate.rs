@@ -276,6 +276,7 @@ mod tests {
                 "pulled_followees",
                 "notification_marks",
                 "user_counts",
+                "rate_windows",
                 "followers",
                 "following"
             ]

@@ -111,6 +111,9 @@ struct Statements {
     followers_all: PreparedStatement,
     following_all: PreparedStatement,
     activities_all: PreparedStatement,
+    allowance_add: PreparedStatement,
+    allowance_get: PreparedStatement,
+    allowance_old: PreparedStatement,
 }
 
 pub struct CassandraStore {
@@ -182,6 +185,10 @@ impl CassandraStore {
             prepare(s, format!("SELECT created_us FROM {ks}.followers WHERE user = ?"), true),
             prepare(s, format!("SELECT created_us FROM {ks}.following WHERE user = ?"), true),
             prepare(s, format!("SELECT time_us FROM {ks}.user_activities WHERE actor = ?"), true),
+            // A counter update is not idempotent: never retried.
+            prepare(s, format!("UPDATE {ks}.rate_windows SET used = used + ? WHERE principal = ? AND class = ? AND minute = ?"), false),
+            prepare(s, format!("SELECT used FROM {ks}.rate_windows WHERE principal = ? AND class = ? AND minute = ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.rate_windows WHERE principal = ? AND class = ? AND minute < ?"), true),
         )?;
         let st = Statements {
             health: st.0,
@@ -234,6 +241,9 @@ impl CassandraStore {
             followers_all: st.47,
             following_all: st.48,
             activities_all: st.49,
+            allowance_add: st.50,
+            allowance_get: st.51,
+            allowance_old: st.52,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -1100,6 +1110,36 @@ impl Store for CassandraStore {
         self.execute(op, set, (started, count as i64, started, user))
             .await
             .map(drop)
+    }
+
+    async fn take_allowance(
+        &self,
+        principal: &str,
+        class: &str,
+        minute: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let op = "take_allowance";
+        let key = (principal, class, minute);
+        let want_i = i64::try_from(want).unwrap_or(i64::MAX);
+        let add = (scylla::value::Counter(want_i), principal, class, minute);
+        self.execute(op, &self.st.allowance_add, add).await?;
+        let used: Option<(scylla::value::Counter,)> =
+            self.get_row(op, &self.st.allowance_get, key).await?;
+        let used = used.map_or(0, |(c,)| c.0.max(0) as u64);
+        let granted = crate::store::granted(want, used, limit);
+        if granted < want {
+            // What cannot be granted goes back, so that a refused request takes nothing.
+            let back = scylla::value::Counter(-i64::try_from(want - granted).unwrap_or(i64::MAX));
+            self.execute(op, &self.st.allowance_add, (back, principal, class, minute))
+                .await?;
+        }
+        if used == want {
+            // The first take of a minute: the earlier minutes are over.
+            self.execute(op, &self.st.allowance_old, key).await?;
+        }
+        Ok(granted)
     }
 
     async fn notification_marks(&self, owner: &str) -> Result<NotificationMarks, StoreError> {
