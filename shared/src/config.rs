@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::auth::{AuthConfig, Verifier};
 use crate::cursor::CursorCodec;
 use crate::fanout::{Fanout, FanoutSettings};
-use crate::limits::{Limiter, RateSettings};
 use crate::http::App;
+use crate::limits::{Limiter, RateSettings};
 use crate::queue::embedded::EmbeddedQueue;
 #[cfg(feature = "aws")]
 use crate::queue::sqs::{SqsConfig, SqsQueue};

@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::store::{Store, StoreError};
 #[cfg(test)]
 use crate::store::granted;
+use crate::store::{Store, StoreError};
 
 /// A window's length, in microseconds.
 const WINDOW_US: i64 = 60_000_000;
@@ -54,20 +54,29 @@ impl RateClass {
 pub enum Admission {
     Admitted,
     /// Over the limit: the whole seconds until the next window (1 to 60).
-    Refused { retry_after_secs: u64 },
+    Refused {
+        retry_after_secs: u64,
+    },
 }
 
+#[derive(Default)]
 struct Lease {
     window: i64,
     left: u64,
+    /// The store had nothing left for this window: refuse without asking again until it ends.
+    exhausted: bool,
 }
 
 /// Admits or refuses requests; one per process, shared by its requests.
 pub struct Limiter {
     store: Arc<dyn Store>,
     settings: RateSettings,
-    leases: Mutex<HashMap<(String, RateClass), Lease>>,
+    /// Per principal and class, one lease; its lock makes the requests of one process that find
+    /// it spent wait for one take from the store, rather than each taking at once.
+    leases: Mutex<HashMap<(String, RateClass), SharedLease>>,
 }
+
+type SharedLease = Arc<tokio::sync::Mutex<Lease>>;
 
 impl Limiter {
     pub fn new(store: Arc<dyn Store>, settings: RateSettings) -> Self {
@@ -94,13 +103,26 @@ impl Limiter {
         let now = chrono::Utc::now().timestamp_micros();
         let window = now.div_euclid(WINDOW_US);
         let key = (principal.to_owned(), class);
-        {
+        let lease = {
             let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(lease) = leases.get_mut(&key) {
-                if lease.window == window && lease.left > 0 {
-                    lease.left -= 1;
-                    return Ok(Admission::Admitted);
-                }
+            // Leases of past windows are worth nothing: forget them now and then.
+            if leases.len() > 10_000 {
+                leases.retain(|_, l| l.try_lock().map_or(true, |l| l.window == window));
+            }
+            leases.entry(key).or_default().clone()
+        };
+        let mut lease = lease.lock().await;
+        let left_us = (window + 1) * WINDOW_US - now;
+        let refused = Admission::Refused {
+            retry_after_secs: (left_us as u64).div_ceil(1_000_000).clamp(1, 60),
+        };
+        if lease.window == window {
+            if lease.left > 0 {
+                lease.left -= 1;
+                return Ok(Admission::Admitted);
+            }
+            if lease.exhausted {
+                return Ok(refused);
             }
         }
         let want = self.settings.lease.clamp(1, limit);
@@ -108,23 +130,14 @@ impl Limiter {
             .store
             .take_allowance(principal, class.name(), window, want, limit)
             .await?;
+        *lease = Lease {
+            window,
+            left: granted.saturating_sub(1),
+            exhausted: granted == 0,
+        };
         if granted == 0 {
-            let left_us = (window + 1) * WINDOW_US - now;
-            let retry_after_secs = (left_us as u64).div_ceil(1_000_000).clamp(1, 60);
-            return Ok(Admission::Refused { retry_after_secs });
+            return Ok(refused);
         }
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        // Leases of past windows are worth nothing: forget them now and then.
-        if leases.len() > 10_000 {
-            leases.retain(|_, l| l.window == window);
-        }
-        leases.insert(
-            key,
-            Lease {
-                window,
-                left: granted - 1,
-            },
-        );
         Ok(Admission::Admitted)
     }
 }
