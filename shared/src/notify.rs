@@ -210,8 +210,19 @@ pub enum Marked {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarkRequest {
+    #[serde(default, deserialize_with = "present")]
     pub groups: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub all: Option<bool>,
+}
+
+/// A field that may be left out, but not given as `null`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Longest group id a mark takes: a verb, an object and a day, with their separators.
@@ -298,6 +309,9 @@ mod tests {
         }
         assert!(req(serde_json::json!({"groups": "a"})).is_err());
         assert!(req(serde_json::json!({"all": true, "x": 1})).is_err());
+        // A field is left out, not given as null.
+        assert!(req(serde_json::json!({"groups": ["a"], "all": null})).is_err());
+        assert!(req(serde_json::json!({"groups": null, "all": true})).is_err());
     }
 
     #[test]
