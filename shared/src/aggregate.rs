@@ -110,6 +110,19 @@ pub async fn insert_rows(
     mark_rows(store, grouping, entries).await
 }
 
+/// Rewrites timeline rows with their activity's current content, then marks their groups.
+pub async fn rewrite_rows(
+    store: &dyn Store,
+    grouping: Grouping,
+    entries: &[TimelineEntry],
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    store.rewrite_timeline(entries).await?;
+    mark_rows(store, grouping, entries).await
+}
+
 /// Removes timeline rows, then marks their groups.
 pub async fn remove_rows(
     store: &dyn Store,

@@ -10,9 +10,11 @@ use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
 use crate::aggregate::{self, Grouping};
+use crate::model::Activity;
 use crate::notify;
 use crate::queue::{Consumer, FanoutJob, Queue, QueueError, QueueMessage};
 use crate::store::{DayRange, IdRange, Store, StoreError, TimelineEntry};
+use crate::update;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
@@ -292,6 +294,9 @@ impl Fanout {
                     notify::prune(store, &owner, cut_day, true).await?;
                 }
             }
+            FanoutJob::Update { activity_id, after } => {
+                self.update(activity_id, after.as_deref()).await?
+            }
             FanoutJob::Unnotify {
                 activity_id,
                 group,
@@ -428,6 +433,97 @@ impl Fanout {
             .collect();
         self.store.mark_groups(&groups, now).await?;
         Ok(Some(day))
+    }
+
+    /// Rewrites the copies of an updated activity with its current content (see [`crate::update`]):
+    /// the timelines of one chunk of followers and, for the first chunk, its own copies and its
+    /// recipients' notification feeds; then reads it again, and goes round with what it finds if
+    /// it changed. Only rows that exist are rewritten. A row removed in between may come back
+    /// whole: an unfollower's is purged again, and an activity deleted in between is removed
+    /// again from everything this wrote.
+    async fn update(&self, activity_id: &str, after: Option<&str>) -> Result<(), FanoutError> {
+        let store = self.store.as_ref();
+        let Some((mut current, _)) = store.get_versioned(activity_id).await? else {
+            // Deleted: its removal takes every copy away.
+            return Ok(());
+        };
+        let actor = current.actor.clone();
+        let first = after.is_none();
+        // A pulled activity is in no timeline: its record is its followers' copy.
+        let pulled = first && store.get_pulled(&actor, activity_id).await?.is_some();
+        let owners: Vec<String> = if pulled {
+            Vec::new()
+        } else {
+            let chunk = self.settings.chunk_size;
+            let followers = store.followers(&actor, after, chunk).await?;
+            if followers.len() == chunk {
+                self.queue
+                    .send(&[FanoutJob::Update {
+                        activity_id: activity_id.to_owned(),
+                        after: followers.last().map(|r| r.user.clone()),
+                    }])
+                    .await?;
+            }
+            followers.into_iter().map(|r| r.user).collect()
+        };
+        let recipients: Vec<String> = match first {
+            true => notify::recipients(&current)
+                .iter()
+                .map(|u| notify::feed_owner(u))
+                .collect(),
+            false => Vec::new(),
+        };
+        let rows = |owners: &[String]| -> Vec<(String, String)> {
+            owners
+                .iter()
+                .map(|o| (o.clone(), activity_id.to_owned()))
+                .collect()
+        };
+        let (followed, addressed) = (rows(&owners), rows(&recipients));
+        let (timeline, notified) = tokio::try_join!(
+            store.timeline_entries(&followed),
+            store.timeline_entries(&addressed)
+        )?;
+        let with = |entries: &[TimelineEntry], a: &Activity| -> Vec<TimelineEntry> {
+            entries
+                .iter()
+                .map(|e| TimelineEntry {
+                    owner: e.owner.clone(),
+                    activity: a.clone(),
+                })
+                .collect()
+        };
+        loop {
+            if first {
+                store.rewrite_own_copies(&current, pulled).await?;
+            }
+            let grouping = self.settings.grouping;
+            aggregate::rewrite_rows(store, grouping, &with(&timeline, &current)).await?;
+            aggregate::rewrite_rows(store, notify::GROUPING, &with(&notified, &current)).await?;
+            match store.get_versioned(activity_id).await? {
+                Some((now, _)) if update::same_content(&now, &current) => break,
+                Some((now, _)) => current = now,
+                None => {
+                    // Deleted while this ran: take away what it may have written back.
+                    if first {
+                        store.remove_own_copies(&current).await?;
+                    }
+                    self.remove(&timeline).await?;
+                    if !notified.is_empty() {
+                        self.queue
+                            .send(&[FanoutJob::Unnotify {
+                                activity_id: activity_id.to_owned(),
+                                group: notify::group_of(&current),
+                                users: notify::recipients(&current),
+                            }])
+                            .await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let written = timeline.into_iter().map(|e| e.owner).collect();
+        self.purge_unfollowed(&actor, after, written).await
     }
 
     /// After a delivery wrote to `owners`, the followers of `followee` it read after `after`:

@@ -51,6 +51,7 @@ pub mod queue;
 pub mod service;
 pub mod settings;
 pub mod store;
+pub mod update;
 
 pub use error::{Error, Result};
 

@@ -21,6 +21,7 @@ use crate::model::{
 use crate::notify;
 use crate::queue::{FanoutJob, Queue, QueueError};
 use crate::store::{Counted, IdRange, Store, StoreError, UserCounts};
+use crate::update::ActivityPatch;
 
 /// What a change of `edge` enqueues: its backfill (a follow) or purge (an unfollow), and the
 /// recounts of both ends.
@@ -41,6 +42,9 @@ fn edge_jobs(edge: &FollowEdge, follow: bool) -> Vec<FanoutJob> {
         FanoutJob::recount(&edge.follower, Counted::Following),
     ]
 }
+
+/// Compare-and-set passes an update makes before it gives up on a contended activity.
+const UPDATE_ATTEMPTS: usize = 5;
 
 /// Edges of a batch written at once.
 const BATCH_CONCURRENCY: usize = 8;
@@ -329,6 +333,45 @@ impl Feeds {
             "actor became a pulled author"
         );
         Ok(true)
+    }
+
+    /// Changes the activity's `target` and `extra`, in the actor's feed at once, then enqueues the
+    /// rewrite of its other copies; answers the updated activity.
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        id: &str,
+        patch: ActivityPatch,
+    ) -> Result<Activity> {
+        let changes = patch.check()?;
+        let not_found = || Error::NotFound(format!("no activity {id}"));
+        if !ActivityId::is_valid(id) {
+            return Err(not_found());
+        }
+        // Each pass is one compare-and-set from the version read; a concurrent update makes it
+        // read again and apply the changes to what that one left.
+        for _ in 0..UPDATE_ATTEMPTS {
+            let (current, version) = self.store.get_versioned(id).await?.ok_or_else(not_found)?;
+            authorize(
+                principal,
+                &current.actor,
+                "only the actor (or a feeds:admin service) may update its activities",
+            )?;
+            let updated = changes.apply(&current)?;
+            if self.store.update_activity(&updated, version).await? {
+                self.queue
+                    .send(&[FanoutJob::Update {
+                        activity_id: id.to_owned(),
+                        after: None,
+                    }])
+                    .await?;
+                tracing::info!(activity_id = %id, version = version + 1, "activity updated");
+                return Ok(updated);
+            }
+        }
+        Err(Error::Store(StoreError::Unavailable(format!(
+            "activity {id} kept changing under concurrent updates; try again"
+        ))))
     }
 
     /// Enqueues the activity's removal from every feed, then deletes it.

@@ -100,6 +100,26 @@ impl Store for GatedStore {
     async fn delete_activity(&self, activity: &Activity) -> Result<(), StoreError> {
         self.inner.delete_activity(activity).await
     }
+    async fn get_versioned(&self, id: &str) -> Result<Option<(Activity, i64)>, StoreError> {
+        self.inner.get_versioned(id).await
+    }
+    async fn update_activity(&self, activity: &Activity, version: i64) -> Result<bool, StoreError> {
+        self.inner.update_activity(activity, version).await
+    }
+    async fn rewrite_own_copies(
+        &self,
+        activity: &Activity,
+        pulled: bool,
+    ) -> Result<(), StoreError> {
+        self.inner.rewrite_own_copies(activity, pulled).await
+    }
+    async fn remove_own_copies(&self, activity: &Activity) -> Result<(), StoreError> {
+        self.inner.remove_own_copies(activity).await
+    }
+    async fn rewrite_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        self.pass("rewrite_timeline").await;
+        self.inner.rewrite_timeline(entries).await
+    }
     async fn user_feed(
         &self,
         actor: &str,
@@ -753,4 +773,73 @@ async fn purge_that_overlapped_a_follow_again_of_a_pulled_author_leaves_the_feed
         [a.id],
         "the follower lost a pulled author it follows"
     );
+}
+
+impl Setup {
+    fn feeds(&self) -> feeds::service::Feeds {
+        feeds::service::Feeds::new(
+            self.store.clone(),
+            Arc::new(self.queue.clone()),
+            &FanoutSettings::default(),
+        )
+    }
+
+    /// Updates `extra.v` of `id` as its actor would.
+    async fn update(&self, id: &str, v: u32) {
+        let patch: feeds::update::ActivityPatch =
+            serde_json::from_value(serde_json::json!({"set": {"extra.v": v}})).unwrap();
+        let star = feeds::auth::Principal {
+            sub: "star".into(),
+            admin: false,
+        };
+        self.feeds().update(&star, id, patch).await.unwrap();
+    }
+
+    /// `extra.v` of activity `id` in `owner`'s timeline.
+    async fn version_in(&self, owner: &str, id: &str) -> Option<Value> {
+        let rows = [(owner.to_owned(), id.to_owned())];
+        let entries = self.store.timeline_entries(&rows).await.unwrap();
+        entries[0].activity.extra.as_ref()?.get("v").cloned()
+    }
+}
+
+#[tokio::test]
+async fn an_update_that_read_an_older_version_leaves_the_newest_everywhere() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    let a = s.post("star", 1).await;
+    s.run(FanoutJob::Deliver {
+        activity_id: a.id.clone(),
+        actor: "star".into(),
+        after: None,
+    })
+    .await;
+    let rewrite = FanoutJob::Update {
+        activity_id: a.id.clone(),
+        after: None,
+    };
+    s.update(&a.id, 2).await;
+    // Version 2's rewrite has read it and is about to write the copy.
+    let (task, release) = s.start_paused("rewrite_timeline", rewrite.clone()).await;
+    // Version 3, and its rewrite, all done meanwhile.
+    s.update(&a.id, 3).await;
+    s.run(rewrite).await;
+    assert_eq!(s.version_in("fan", &a.id).await, Some(3.into()));
+    // Version 2 lands on top of 3, then its rewrite reads the activity again.
+    release.send(()).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        s.version_in("fan", &a.id).await,
+        Some(3.into()),
+        "an older version was left on top of a newer one"
+    );
+    drain_embedded(&s.queue, &s.fanout).await;
+    assert_eq!(s.version_in("fan", &a.id).await, Some(3.into()));
+    let own = s
+        .store
+        .user_feed("star", IdRange::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(own[0].extra.as_ref().unwrap()["v"], 3);
+    s.assert_groups_agree("fan").await;
 }

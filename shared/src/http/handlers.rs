@@ -17,6 +17,7 @@ use crate::cursor::{CursorCodec, InvalidCursor};
 use crate::model::{Activity, FollowBatch, FollowRequest, NewActivity};
 use crate::notify::MarkRequest;
 use crate::service::{FlatPosition, Side};
+use crate::update::ActivityPatch;
 
 type Answer = Result<Response, ApiError>;
 
@@ -155,6 +156,16 @@ pub(super) async fn delete_activity(
 ) -> Answer {
     app.feeds.delete(&principal, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn update_activity(
+    State(app): State<App>,
+    principal: Principal,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<ActivityPatch>,
+) -> Answer {
+    let updated = app.feeds.update(&principal, &id, patch).await?;
+    Ok(Json(updated).into_response())
 }
 
 pub(super) async fn flat_feed(

@@ -36,7 +36,7 @@ pub enum Routes {
     All,
     /// `POST /follow`, `POST /follow/batch`, `DELETE /follow/{follower}/{following}`.
     Follow,
-    /// `POST /activities`, `DELETE /activities/{id}`.
+    /// `POST /activities`, `PATCH /activities/{id}`, `DELETE /activities/{id}`.
     PostActivity,
     /// The feeds (with the notification feed's marks) and the follower lists.
     GetFeed,
@@ -57,9 +57,10 @@ pub fn router(app: App, routes: Routes) -> Router {
             .route("/follow/{follower}/{following}", authed(delete(unfollow)));
     }
     if all || routes == Routes::PostActivity {
-        r = r
-            .route("/activities", authed(post(post_activity)))
-            .route("/activities/{id}", authed(delete(delete_activity)));
+        r = r.route("/activities", authed(post(post_activity))).route(
+            "/activities/{id}",
+            authed(delete(delete_activity).patch(update_activity)),
+        );
     }
     if all || routes == Routes::GetFeed {
         r = r

@@ -48,6 +48,13 @@ pub enum FanoutJob {
         what: Counted,
         asked_us: i64,
     },
+    /// Rewrite the copies of activity `activity_id` with its current content: in the timelines of
+    /// its actor's followers after `after` and, for the first message (`after` null), its own
+    /// copies and its recipients' notification feeds.
+    Update {
+        activity_id: String,
+        after: Option<String>,
+    },
     /// Remove activity `activity_id`, of notification group `group`, from the notification feeds
     /// of `users`.
     Unnotify {

@@ -164,6 +164,22 @@ pub trait Store: Send + Sync + 'static {
     /// with the same `foreign_id`: answers the stored activity and whether it is new.
     async fn put_activity(&self, activity: &Activity) -> Result<(Activity, bool), StoreError>;
     async fn get_activity(&self, id: &str) -> Result<Option<Activity>, StoreError>;
+    /// The activity and its version: 0 until its first update, one more at each.
+    async fn get_versioned(&self, id: &str) -> Result<Option<(Activity, i64)>, StoreError>;
+    /// Stores `activity`'s `target` and `extra` as version `version + 1`, if the stored activity
+    /// exists and is still at `version`, and then its row in the actor's feed; answers whether it
+    /// did (`false`: it changed or went meanwhile).
+    async fn update_activity(&self, activity: &Activity, version: i64) -> Result<bool, StoreError>;
+    /// Rewrites the copies of `activity` that belong to no reader: its row in the actor's feed
+    /// and, when `pulled`, its pulled record.
+    async fn rewrite_own_copies(&self, activity: &Activity, pulled: bool)
+        -> Result<(), StoreError>;
+    /// Removes what [`Store::rewrite_own_copies`] may have written back after the activity was
+    /// deleted: its row in the actor's feed and its pulled record.
+    async fn remove_own_copies(&self, activity: &Activity) -> Result<(), StoreError>;
+    /// Rewrites timeline rows with their activity's `target` and `extra`. Meant for rows that
+    /// exist; one removed meanwhile may come back whole (the caller checks after).
+    async fn rewrite_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError>;
     /// Removes the activity, its row in the actor's feed and its `foreign_id`; timelines are the
     /// fan-out's job.
     async fn delete_activity(&self, activity: &Activity) -> Result<(), StoreError>;

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS follows (
 CREATE INDEX IF NOT EXISTS follows_by_following ON follows (following, follower);
 CREATE TABLE IF NOT EXISTS activities (
     id TEXT PRIMARY KEY, actor TEXT NOT NULL, verb TEXT NOT NULL, object TEXT NOT NULL, target TEXT,
-    time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT, recipients TEXT) WITHOUT ROWID;
+    time_us INTEGER NOT NULL, foreign_id TEXT, extra TEXT, recipients TEXT,
+    version INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS activities_by_actor ON activities (actor, id);
 CREATE UNIQUE INDEX IF NOT EXISTS activities_by_foreign_id ON activities (actor, foreign_id)
     WHERE foreign_id IS NOT NULL;
@@ -79,8 +80,9 @@ const ACTIVITY_COLUMNS: &str =
     "id, actor, verb, object, target, time_us, foreign_id, extra, recipients";
 
 /// Columns added to tables after their first release, added to an older file when it opens.
-const ADDED_COLUMNS: [(&str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str); 4] = [
     ("activities", "recipients TEXT"),
+    ("activities", "version INTEGER NOT NULL DEFAULT 0"),
     ("timeline", "recipients TEXT"),
     ("pulled_activities", "recipients TEXT"),
 ];
@@ -373,6 +375,78 @@ impl Store for SqliteStore {
                     activity_from_row,
                 )
                 .optional()
+            })
+            .await
+    }
+
+    async fn get_versioned(&self, id: &str) -> Result<Option<(Activity, i64)>, StoreError> {
+        let id = id.to_owned();
+        self.db
+            .run(move |c| {
+                c.query_row(
+                    &format!("SELECT {ACTIVITY_COLUMNS}, version FROM activities WHERE id = ?1"),
+                    params![id],
+                    |row| Ok((activity_from_row(row)?, row.get(9)?)),
+                )
+                .optional()
+            })
+            .await
+    }
+
+    async fn update_activity(&self, activity: &Activity, version: i64) -> Result<bool, StoreError> {
+        // The activities row is the actor's feed row here.
+        let a = activity.clone();
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "UPDATE activities SET target = ?1, extra = ?2, version = version + 1 \
+                     WHERE id = ?3 AND version = ?4",
+                    params![a.target, extra_text(&a), a.id, version],
+                )
+                .map(|changed| changed == 1)
+            })
+            .await
+    }
+
+    async fn rewrite_own_copies(
+        &self,
+        activity: &Activity,
+        pulled: bool,
+    ) -> Result<(), StoreError> {
+        if !pulled {
+            return Ok(());
+        }
+        let a = activity.clone();
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "UPDATE pulled_activities SET target = ?1, extra = ?2 WHERE actor = ?3 AND id = ?4",
+                    params![a.target, extra_text(&a), a.actor, a.id],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn remove_own_copies(&self, activity: &Activity) -> Result<(), StoreError> {
+        // The actor's feed row is the activities row, which a rewrite never brings back.
+        self.delete_pulled(&activity.actor, &activity.id).await
+    }
+
+    async fn rewrite_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "UPDATE timeline SET target = ?1, extra = ?2 WHERE owner = ?3 AND id = ?4",
+                    )?;
+                    for TimelineEntry { owner, activity: a } in &entries {
+                        stmt.execute(params![a.target, extra_text(a), owner, a.id])?;
+                    }
+                }
+                tx.commit()
             })
             .await
     }

@@ -56,29 +56,74 @@ pub(super) type ActivityValues<'a> = (
     &'a str,
     &'a str,
     &'a str,
-    MaybeUnset<&'a str>,
+    MaybeUnset<Option<&'a str>>,
     i64,
     MaybeUnset<&'a str>,
-    MaybeUnset<String>,
+    MaybeUnset<Option<String>>,
     MaybeUnset<&'a Vec<String>>,
 );
 
 pub(super) fn activity_values(a: &Activity) -> ActivityValues<'_> {
+    let mut values = rewrite_values(a);
+    if a.target.is_none() {
+        values.4 = MaybeUnset::Unset;
+    }
+    if a.extra.is_none() {
+        values.7 = MaybeUnset::Unset;
+    }
+    values
+}
+
+/// [`activity_values`] for rewriting a copy after an update: an absent `target` or `extra` is
+/// written as null, so that what the update removed is removed from the copy too.
+pub(super) fn rewrite_values(a: &Activity) -> ActivityValues<'_> {
     (
         &a.id,
         &a.actor,
         &a.verb,
         &a.object,
-        MaybeUnset::from_option(a.target.as_deref()),
+        MaybeUnset::Set(a.target.as_deref()),
         a.time.timestamp_micros(),
         MaybeUnset::from_option(a.foreign_id.as_deref()),
-        MaybeUnset::from_option(
+        MaybeUnset::Set(
             a.extra
                 .as_ref()
                 .map(|m| serde_json::Value::Object(m.clone()).to_string()),
         ),
         MaybeUnset::from_option(Some(&a.to).filter(|to| !to.is_empty())),
     )
+}
+
+/// An `activities` row with its version (null until the first update).
+#[derive(scylla::DeserializeRow)]
+pub(super) struct VersionedRow {
+    id: String,
+    actor: String,
+    verb: String,
+    object: String,
+    target: Option<String>,
+    time_us: i64,
+    foreign_id: Option<String>,
+    extra: Option<String>,
+    recipients: Option<Vec<String>>,
+    version: Option<i64>,
+}
+
+impl VersionedRow {
+    pub(super) fn into_versioned(self) -> Result<(Activity, i64), StoreError> {
+        let row = ActivityRow {
+            id: self.id,
+            actor: self.actor,
+            verb: self.verb,
+            object: self.object,
+            target: self.target,
+            time_us: self.time_us,
+            foreign_id: self.foreign_id,
+            extra: self.extra,
+            recipients: self.recipients,
+        };
+        Ok((row.into_activity()?, self.version.unwrap_or(0)))
+    }
 }
 
 /// A row of `feed_groups`.

@@ -16,9 +16,9 @@ use scylla::value::Row;
 
 use super::errors::store_error;
 use super::rows::{
-    activity_values, ActivityRow, AppliedRow, CasRow, CountsRow, CreatedRow, EdgeCasRow, EdgeState,
-    FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, MarksRow,
-    PulledFolloweeRow, SwapCasRow, ACTIVITY_COLUMNS,
+    activity_values, rewrite_values, ActivityRow, ActivityValues, AppliedRow, CasRow, CountsRow,
+    CreatedRow, EdgeCasRow, EdgeState, FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow,
+    GroupRow, IdRow, MarksRow, PulledFolloweeRow, SwapCasRow, VersionedRow, ACTIVITY_COLUMNS,
 };
 use super::session::LiveSession;
 use super::tally::Tally;
@@ -114,6 +114,8 @@ struct Statements {
     allowance_add: PreparedStatement,
     allowance_get: PreparedStatement,
     allowance_old: PreparedStatement,
+    activity_get_versioned: PreparedStatement,
+    activity_update: PreparedStatement,
 }
 
 pub struct CassandraStore {
@@ -149,7 +151,9 @@ impl CassandraStore {
             prepare(s, format!("DELETE FROM {ks}.activity_foreign_ids WHERE actor = ? AND foreign_id = ? IF id = ?"), false),
             prepare(s, format!("INSERT INTO {ks}.activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.activities WHERE id = ?"), true),
-            prepare(s, format!("DELETE FROM {ks}.activities WHERE id = ?"), true),
+            // A lightweight transaction, as updates are: an update racing the delete then either
+            // comes first or finds no row, and never leaves part of one behind.
+            prepare(s, format!("DELETE FROM {ks}.activities WHERE id = ? IF EXISTS"), false),
             prepare(s, format!("INSERT INTO {ks}.user_activities ({ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), true),
             prepare(s, format!("DELETE FROM {ks}.user_activities WHERE actor = ? AND id = ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.user_activities WHERE actor = ? AND id < ? AND id >= ? LIMIT ?"), true),
@@ -189,6 +193,8 @@ impl CassandraStore {
             prepare(s, format!("UPDATE {ks}.rate_windows SET used = used + ? WHERE principal = ? AND class = ? AND minute = ?"), false),
             prepare(s, format!("SELECT used FROM {ks}.rate_windows WHERE principal = ? AND class = ? AND minute = ?"), true),
             prepare(s, format!("DELETE FROM {ks}.rate_windows WHERE principal = ? AND class = ? AND minute < ?"), true),
+            prepare(s, format!("SELECT {ACTIVITY_COLUMNS}, version FROM {ks}.activities WHERE id = ?"), true),
+            prepare(s, format!("UPDATE {ks}.activities SET target = ?, extra = ?, version = ? WHERE id = ? IF actor = ? AND version = ?"), false),
         )?;
         let st = Statements {
             health: st.0,
@@ -244,6 +250,8 @@ impl CassandraStore {
             allowance_add: st.50,
             allowance_get: st.51,
             allowance_old: st.52,
+            activity_get_versioned: st.53,
+            activity_update: st.54,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -465,6 +473,38 @@ impl CassandraStore {
             })
         })
         .transpose()
+    }
+
+    /// Writes timeline rows with the columns `values` gives, one single-partition write per row,
+    /// concurrently: rows of different owners are different partitions, which a batch would only
+    /// make slower (and Keyspaces caps batches).
+    async fn write_timeline(
+        &self,
+        op: &str,
+        entries: &[TimelineEntry],
+        values: fn(&Activity) -> ActivityValues<'_>,
+    ) -> Result<(), StoreError> {
+        let writes: Vec<_> = entries
+            .iter()
+            .map(|TimelineEntry { owner, activity }| {
+                let (id, actor, verb, object, target, time_us, foreign_id, extra, to) =
+                    values(activity);
+                let values = (
+                    owner.as_str(),
+                    id,
+                    actor,
+                    verb,
+                    object,
+                    target,
+                    time_us,
+                    foreign_id,
+                    extra,
+                    to,
+                );
+                self.execute(op, &self.st.timeline_insert, values)
+            })
+            .collect();
+        run_concurrently(writes).await
     }
 
     /// Writes the actor's feed row, then the `activities` row: an activity that can be read by
@@ -778,7 +818,8 @@ impl Store for CassandraStore {
         let op = "delete_activity";
         let (id, actor) = (activity.id.as_str(), activity.actor.as_str());
         // The reverse of `write_activity`: once the `activities` row is gone the activity is gone.
-        self.execute(op, &self.st.activity_delete, (id,)).await?;
+        self.cas::<AppliedRow>(op, &self.st.activity_delete, (id,))
+            .await?;
         self.execute(op, &self.st.user_activity_delete, (actor, id))
             .await?;
         if let Some(foreign_id) = activity.foreign_id.as_deref() {
@@ -809,30 +850,72 @@ impl Store for CassandraStore {
             .await
     }
 
+    async fn get_versioned(&self, id: &str) -> Result<Option<(Activity, i64)>, StoreError> {
+        let row: Option<VersionedRow> = self
+            .get_row("get_versioned", &self.st.activity_get_versioned, (id,))
+            .await?;
+        row.map(VersionedRow::into_versioned).transpose()
+    }
+
+    async fn update_activity(&self, activity: &Activity, version: i64) -> Result<bool, StoreError> {
+        let op = "update_activity";
+        let values = rewrite_values(activity);
+        let was = (version > 0).then_some(version);
+        let cas = (
+            values.4,
+            values.7.clone(),
+            version + 1,
+            activity.id.as_str(),
+            activity.actor.as_str(),
+            was,
+        );
+        match self
+            .cas::<AppliedRow>(op, &self.st.activity_update, cas)
+            .await?
+        {
+            Cas::Applied => {}
+            Cas::Rejected(_) => return Ok(false),
+        }
+        self.execute(op, &self.st.user_activity_insert, values)
+            .await?;
+        Ok(true)
+    }
+
+    async fn rewrite_own_copies(
+        &self,
+        activity: &Activity,
+        pulled: bool,
+    ) -> Result<(), StoreError> {
+        let op = "rewrite_own_copies";
+        let values = rewrite_values(activity);
+        self.execute(op, &self.st.user_activity_insert, values)
+            .await?;
+        if pulled {
+            self.execute(op, &self.st.pulled_insert, rewrite_values(activity))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_own_copies(&self, activity: &Activity) -> Result<(), StoreError> {
+        let (id, actor) = (activity.id.as_str(), activity.actor.as_str());
+        self.execute(
+            "remove_own_copies",
+            &self.st.user_activity_delete,
+            (actor, id),
+        )
+        .await?;
+        self.delete_pulled(actor, id).await
+    }
+
+    async fn rewrite_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+        self.write_timeline("rewrite_timeline", entries, rewrite_values)
+            .await
+    }
+
     async fn insert_timeline(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
-        // One single-partition write per row, concurrently: rows of different owners are different
-        // partitions, which a batch would only make slower (and Keyspaces caps batches).
-        let writes: Vec<_> = entries
-            .iter()
-            .map(|TimelineEntry { owner, activity }| {
-                let (id, actor, verb, object, target, time_us, foreign_id, extra, to) =
-                    activity_values(activity);
-                let values = (
-                    owner.as_str(),
-                    id,
-                    actor,
-                    verb,
-                    object,
-                    target,
-                    time_us,
-                    foreign_id,
-                    extra,
-                    to,
-                );
-                self.execute("insert_timeline", &self.st.timeline_insert, values)
-            })
-            .collect();
-        run_concurrently(writes).await
+        self.write_timeline("insert_timeline", entries, activity_values)
+            .await
     }
 
     async fn delete_timeline(&self, rows: &[(String, String)]) -> Result<(), StoreError> {
