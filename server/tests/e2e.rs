@@ -1001,14 +1001,7 @@ async fn user_counts_are_exact(server: &Server) {
     )
     .await;
     let id = first.body["id"].as_str().unwrap();
-    let deleted = api
-        .send(
-            Method::DELETE,
-            &format!("/activities/{id}"),
-            Some(&token(&star)),
-            None,
-        )
-        .await;
+    let deleted = api.delete_activity(&star, id).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     until_drained(server.queue(), FANOUT).await;
     assert_eq!(counts_of(&api, &star, &reader).await, (2, 1, 1));

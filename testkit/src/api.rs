@@ -79,6 +79,13 @@ impl Api {
             .await
     }
 
+    /// `DELETE /activities/{id}` as `user`.
+    pub async fn delete_activity(&self, user: &str, id: &str) -> Answer {
+        let path = format!("/activities/{id}");
+        self.send(Method::DELETE, &path, Some(&token(user)), None)
+            .await
+    }
+
     /// Every item of a paginated list, walking pages of 100 to `next: null`.
     pub async fn walk(&self, path: &str, token: &str) -> Vec<Value> {
         self.walk_by(path, token, 100).await

@@ -34,6 +34,7 @@ pub async fn run(store: &dyn Store) {
     timelines_are_looked_up_counted_and_trimmed(store).await;
     groups_keep_the_latest_mark_and_the_latest_scan(store).await;
     pulled_authors_activities_and_followees_are_kept(store).await;
+    updates_compare_and_set_and_rewrite_only_what_they_name(store).await;
 }
 
 async fn follow_edges_are_idempotent_and_listed_in_order(store: &dyn Store) {
@@ -527,4 +528,78 @@ async fn pulled_authors_activities_and_followees_are_kept(store: &dyn Store) {
     assert_eq!(followees, expected, "the latest floor wins");
     store.delete_pulled_followee(&fan, "another").await.unwrap();
     assert_eq!(store.pulled_followees(&fan).await.unwrap().len(), 1);
+}
+
+async fn updates_compare_and_set_and_rewrite_only_what_they_name(store: &dyn Store) {
+    let actor = unique("usr_upd");
+    let mut a = activity(&actor, "2026-11-30T10:00:00Z", None);
+    a.target = Some("usr_t".into());
+    a.extra = serde_json::json!({"k": 1}).as_object().cloned();
+    store.put_activity(&a).await.unwrap();
+    assert_eq!(
+        store.get_versioned(&a.id).await.unwrap(),
+        Some((a.clone(), 0))
+    );
+    let owner = unique("usr_reader");
+    let row = TimelineEntry {
+        owner: owner.clone(),
+        activity: a.clone(),
+    };
+    store
+        .insert_timeline(std::slice::from_ref(&row))
+        .await
+        .unwrap();
+
+    // Removing both fields: the copies lose them too.
+    let mut b = a.clone();
+    (b.target, b.extra) = (None, None);
+    assert!(store.update_activity(&b, 0).await.unwrap());
+    assert_eq!(
+        store.get_versioned(&a.id).await.unwrap(),
+        Some((b.clone(), 1))
+    );
+    let own = store
+        .user_feed(&actor, IdRange::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(own, [b.clone()], "the actor's feed row at once");
+    // A stale version is refused and changes nothing.
+    let mut c = a.clone();
+    c.extra = serde_json::json!({"k": 2}).as_object().cloned();
+    assert!(!store.update_activity(&c, 0).await.unwrap());
+    assert_eq!(
+        store.get_versioned(&a.id).await.unwrap(),
+        Some((b.clone(), 1))
+    );
+    assert!(store.update_activity(&c, 1).await.unwrap());
+    assert_eq!(
+        store.get_versioned(&a.id).await.unwrap(),
+        Some((c.clone(), 2))
+    );
+
+    let rewritten = TimelineEntry {
+        owner: owner.clone(),
+        activity: c.clone(),
+    };
+    store
+        .rewrite_timeline(std::slice::from_ref(&rewritten))
+        .await
+        .unwrap();
+    let rows = [(owner.clone(), a.id.clone())];
+    assert_eq!(store.timeline_entries(&rows).await.unwrap(), [rewritten]);
+
+    // A deleted activity takes no update, and none brings it back.
+    store.delete_activity(&c).await.unwrap();
+    assert!(!store.update_activity(&b, 2).await.unwrap());
+    assert_eq!(store.get_versioned(&a.id).await.unwrap(), None);
+    assert_eq!(store.get_activity(&a.id).await.unwrap(), None);
+    store.rewrite_own_copies(&c, false).await.unwrap();
+    store.remove_own_copies(&c).await.unwrap();
+    assert_eq!(
+        store
+            .user_feed(&actor, IdRange::default(), 10)
+            .await
+            .unwrap(),
+        []
+    );
 }

@@ -66,6 +66,16 @@ impl Handle {
     }
 }
 
+/// Puts `jobs` on the server's queue, as a producer (or a redelivery) would.
+pub async fn enqueue(queue: &FanoutQueue, jobs: &[feeds::queue::FanoutJob]) {
+    use feeds::queue::Queue;
+    let sent = match Handle::open(queue).await {
+        Handle::Embedded(q) => q.send(jobs).await,
+        Handle::Sqs(q) => q.send(jobs).await,
+    };
+    sent.expect("the jobs are enqueued");
+}
+
 /// Waits (at most `limit`) until `queue` is empty (nothing waiting, in flight or delayed) for
 /// three polls in a row: every fan-out job queued before the call has then run to its end.
 pub async fn until_drained(queue: &FanoutQueue, limit: Duration) {
