@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers that take untrusted input, with cargo-fuzz (libFuzzer, nightly toolchain):
 #   request_body  POST bodies: NewActivity / FollowRequest parsing and validation
+#   activity_patch  PATCH bodies: ActivityPatch parsing, checks, and the changes applied
 #   cursor        pagination cursors: CursorCodec::decode on any string, encode/decode round trips
 #   sqs_message   fan-out queue bodies: FanoutJob parsing, Fanout::run_message on an SQLite world
 #
@@ -15,7 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${FEEDS_STATE_DIR:-$ROOT/.local}
 SECS=${1:-30}
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(request_body cursor sqs_message)
+TARGETS=(request_body activity_patch cursor sqs_message)
 # No sanitizer: the fuzzed code has no `unsafe`; AddressSanitizer would double build and run time
 # and find nothing the Rust checks do not (overflow and debug assertions stay on).
 FLAGS=(--sanitizer none --target-dir "$STATE/fuzz/target")
