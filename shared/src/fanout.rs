@@ -12,8 +12,8 @@ use tracing::Instrument;
 use crate::aggregate::{self, Grouping};
 use crate::model::Activity;
 use crate::notify;
-use crate::queue::{Consumer, FanoutJob, Queue, QueueError, QueueMessage};
-use crate::store::{DayRange, IdRange, Store, StoreError, TimelineEntry};
+use crate::queue::{Consumer, EraseStage, FanoutJob, Queue, QueueError, QueueMessage};
+use crate::store::{Counted, DayRange, IdRange, Store, StoreError, TimelineEntry};
 use crate::update;
 
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +294,7 @@ impl Fanout {
                     notify::prune(store, &owner, cut_day, true).await?;
                 }
             }
+            FanoutJob::Erase { user, stage } => self.erase(user, *stage).await?,
             FanoutJob::Update { activity_id, after } => {
                 self.update(activity_id, after.as_deref()).await?
             }
@@ -524,6 +525,81 @@ impl Fanout {
         }
         let written = timeline.into_iter().map(|e| e.owner).collect();
         self.purge_unfollowed(&actor, after, written).await
+    }
+
+    /// One chunk of `user`'s erasure. Each stage reads its first page again, since what it handled
+    /// is gone, and hands over to the next stage when a page comes back short; a redelivered
+    /// message finds less to do.
+    async fn erase(&self, user: &str, stage: EraseStage) -> Result<(), FanoutError> {
+        let store = self.store.as_ref();
+        let chunk = self.settings.chunk_size;
+        let mut jobs = Vec::new();
+        let handled = match stage {
+            EraseStage::Activities => {
+                let page = store.user_feed(user, IdRange::default(), chunk).await?;
+                // Each removal enqueued before its delete, as a delete request does.
+                for a in &page {
+                    self.queue.send(&FanoutJob::removal(a, chunk)).await?;
+                    store.delete_activity(a).await?;
+                }
+                page.len()
+            }
+            EraseStage::Following => {
+                let page = store.following(user, None, chunk).await?;
+                for r in &page {
+                    store.unfollow(user, &r.user).await?;
+                    jobs.extend(FanoutJob::edge_changed(user, &r.user, false));
+                }
+                page.len()
+            }
+            EraseStage::Followers => {
+                let page = store.followers(user, None, chunk).await?;
+                for r in &page {
+                    store.unfollow(&r.user, user).await?;
+                    jobs.extend(FanoutJob::edge_changed(&r.user, user, false));
+                }
+                page.len()
+            }
+            EraseStage::Feeds => {
+                let now = aggregate::now_us();
+                let notifications = notify::feed_owner(user);
+                for (owner, feeds) in [
+                    (user, &[Grouping::VerbDay, Grouping::VerbActorDay][..]),
+                    (&notifications, &[notify::GROUPING][..]),
+                ] {
+                    // Every id sorts below "g": the whole timeline.
+                    store.trim_timeline(owner, "g").await?;
+                    for grouping in feeds {
+                        store
+                            .drop_groups(owner, grouping.feed(), i32::MAX, now)
+                            .await?;
+                    }
+                }
+                store.erase_notification_marks(&notifications, now).await?;
+                for p in store.pulled_followees(user).await? {
+                    store.delete_pulled_followee(user, &p.followee).await?;
+                }
+                store.unmark_pulled_author(user).await?;
+                for what in [Counted::Followers, Counted::Following, Counted::Activities] {
+                    jobs.push(FanoutJob::recount(user, what));
+                }
+                tracing::info!(user, "user erased");
+                0
+            }
+        };
+        let next = match (stage, handled == chunk) {
+            (_, true) => Some(stage),
+            (EraseStage::Activities, false) => Some(EraseStage::Following),
+            (EraseStage::Following, false) => Some(EraseStage::Followers),
+            (EraseStage::Followers, false) => Some(EraseStage::Feeds),
+            (EraseStage::Feeds, false) => None,
+        };
+        jobs.extend(next.map(|stage| FanoutJob::Erase {
+            user: user.to_owned(),
+            stage,
+        }));
+        self.queue.send(&jobs).await?;
+        Ok(())
     }
 
     /// After a delivery wrote to `owners`, the followers of `followee` it read after `after`:

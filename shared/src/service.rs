@@ -19,28 +19,12 @@ use crate::model::{
     FollowRequest, NewActivity, Relation, ValidationError, MAX_FOLLOW_BATCH,
 };
 use crate::notify;
-use crate::queue::{FanoutJob, Queue, QueueError};
+use crate::queue::{EraseStage, FanoutJob, Queue, QueueError};
 use crate::store::{Counted, IdRange, Store, StoreError, UserCounts};
 use crate::update::ActivityPatch;
 
-/// What a change of `edge` enqueues: its backfill (a follow) or purge (an unfollow), and the
-/// recounts of both ends.
 fn edge_jobs(edge: &FollowEdge, follow: bool) -> Vec<FanoutJob> {
-    let (follower, followee) = (edge.follower.clone(), edge.following.clone());
-    let feed = if follow {
-        FanoutJob::Backfill { follower, followee }
-    } else {
-        FanoutJob::Purge {
-            follower,
-            followee,
-            before: None,
-        }
-    };
-    vec![
-        feed,
-        FanoutJob::recount(&edge.following, Counted::Followers),
-        FanoutJob::recount(&edge.follower, Counted::Following),
-    ]
+    FanoutJob::edge_changed(&edge.follower, &edge.following, follow)
 }
 
 /// Compare-and-set passes an update makes before it gives up on a contended activity.
@@ -374,6 +358,24 @@ impl Feeds {
         ))))
     }
 
+    /// Enqueues the erasure of `user`: everything of it leaves the store, asynchronously.
+    pub async fn erase_user(&self, principal: &Principal, user: &str) -> Result<()> {
+        check_user_id("user", user)?;
+        authorize(
+            principal,
+            user,
+            "only the user itself (or a feeds:admin service) may erase a user",
+        )?;
+        self.queue
+            .send(&[FanoutJob::Erase {
+                user: user.to_owned(),
+                stage: EraseStage::Activities,
+            }])
+            .await?;
+        tracing::info!(user, "user erasure enqueued");
+        Ok(())
+    }
+
     /// Enqueues the activity's removal from every feed, then deletes it.
     pub async fn delete(&self, principal: &Principal, id: &str) -> Result<()> {
         let not_found = || Error::NotFound(format!("no activity {id}"));
@@ -387,21 +389,9 @@ impl Feeds {
             "only the actor (or a feeds:admin service) may delete its activities",
         )?;
         // The removal first: if the delete then fails, the retry finds the activity and repeats both.
-        let mut jobs = vec![FanoutJob::recount(&activity.actor, Counted::Activities)];
-        jobs.push(FanoutJob::Retract {
-            activity_id: id.to_owned(),
-            actor: activity.actor.clone(),
-            after: None,
-        });
-        let recipients = notify::recipients(&activity);
-        for users in recipients.chunks(self.chunk_size.max(1)) {
-            jobs.push(FanoutJob::Unnotify {
-                activity_id: id.to_owned(),
-                group: notify::group_of(&activity),
-                users: users.to_vec(),
-            });
-        }
-        self.queue.send(&jobs).await?;
+        self.queue
+            .send(&FanoutJob::removal(&activity, self.chunk_size))
+            .await?;
         self.store.delete_activity(&activity).await?;
         // Counted after the delete too: the count sent with the removal may run before it.
         self.queue

@@ -113,6 +113,12 @@ impl Store for GatedStore {
     ) -> Result<(), StoreError> {
         self.inner.rewrite_own_copies(activity, pulled).await
     }
+    async fn erase_notification_marks(&self, owner: &str, at_us: i64) -> Result<(), StoreError> {
+        self.inner.erase_notification_marks(owner, at_us).await
+    }
+    async fn unmark_pulled_author(&self, actor: &str) -> Result<(), StoreError> {
+        self.inner.unmark_pulled_author(actor).await
+    }
     async fn remove_own_copies(&self, activity: &Activity) -> Result<(), StoreError> {
         self.inner.remove_own_copies(activity).await
     }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod conformance;
+pub mod remains;
 pub mod runtime_api;
 pub mod server;
 pub mod services;

@@ -158,6 +158,16 @@ pub(super) async fn delete_activity(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+pub(super) async fn erase_user(
+    State(app): State<App>,
+    principal: Principal,
+    Path(user): Path<String>,
+) -> Answer {
+    app.feeds.erase_user(&principal, &user).await?;
+    let body = Json(json!({"status": "accepted"}));
+    Ok((StatusCode::ACCEPTED, body).into_response())
+}
+
 pub(super) async fn update_activity(
     State(app): State<App>,
     principal: Principal,

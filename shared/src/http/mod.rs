@@ -34,7 +34,8 @@ pub struct App {
 pub enum Routes {
     /// Every route: the standalone server.
     All,
-    /// `POST /follow`, `POST /follow/batch`, `DELETE /follow/{follower}/{following}`.
+    /// `POST /follow`, `POST /follow/batch`, `DELETE /follow/{follower}/{following}`,
+    /// `DELETE /users/{user}`.
     Follow,
     /// `POST /activities`, `PATCH /activities/{id}`, `DELETE /activities/{id}`.
     PostActivity,
@@ -54,7 +55,8 @@ pub fn router(app: App, routes: Routes) -> Router {
         r = r
             .route("/follow", authed(post(follow)))
             .route("/follow/batch", authed(post(follow_batch)))
-            .route("/follow/{follower}/{following}", authed(delete(unfollow)));
+            .route("/follow/{follower}/{following}", authed(delete(unfollow)))
+            .route("/users/{user}", authed(delete(erase_user)));
     }
     if all || routes == Routes::PostActivity {
         r = r.route("/activities", authed(post(post_activity))).route(

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Activity;
+use crate::notify;
 use crate::store::Counted;
 
 /// One message on the fan-out queue.
@@ -55,6 +57,9 @@ pub enum FanoutJob {
         activity_id: String,
         after: Option<String>,
     },
+    /// Erase `user`: its activities, then the edges from it, then the edges to it, then its own
+    /// feeds; each message takes one chunk of its stage and enqueues what is left.
+    Erase { user: String, stage: EraseStage },
     /// Remove activity `activity_id`, of notification group `group`, from the notification feeds
     /// of `users`.
     Unnotify {
@@ -64,7 +69,63 @@ pub enum FanoutJob {
     },
 }
 
+/// What an erasure has left to do, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EraseStage {
+    Activities,
+    Following,
+    Followers,
+    Feeds,
+}
+
 impl FanoutJob {
+    /// What a change of the edge `follower` -> `followee` enqueues: its backfill (a follow) or
+    /// purge (an unfollow), and the recounts of both ends.
+    pub fn edge_changed(follower: &str, followee: &str, follow: bool) -> Vec<FanoutJob> {
+        let (follower_id, followee_id) = (follower.to_owned(), followee.to_owned());
+        let feed = if follow {
+            FanoutJob::Backfill {
+                follower: follower_id,
+                followee: followee_id,
+            }
+        } else {
+            FanoutJob::Purge {
+                follower: follower_id,
+                followee: followee_id,
+                before: None,
+            }
+        };
+        vec![
+            feed,
+            FanoutJob::recount(followee, Counted::Followers),
+            FanoutJob::recount(follower, Counted::Following),
+        ]
+    }
+
+    /// What removing `activity` from every feed takes: its retraction from its actor's followers,
+    /// its removal from its recipients' notification feeds (`chunk` recipients a message), and
+    /// the recount of its actor's activities.
+    pub fn removal(activity: &Activity, chunk: usize) -> Vec<FanoutJob> {
+        let mut jobs = vec![
+            FanoutJob::recount(&activity.actor, Counted::Activities),
+            FanoutJob::Retract {
+                activity_id: activity.id.clone(),
+                actor: activity.actor.clone(),
+                after: None,
+            },
+        ];
+        let recipients = notify::recipients(activity);
+        for users in recipients.chunks(chunk.max(1)) {
+            jobs.push(FanoutJob::Unnotify {
+                activity_id: activity.id.clone(),
+                group: notify::group_of(activity),
+                users: users.to_vec(),
+            });
+        }
+        jobs
+    }
+
     /// The recount of `user`'s `what`, asked now.
     pub fn recount(user: &str, what: Counted) -> Self {
         FanoutJob::Recount {

@@ -9,7 +9,7 @@ mod job;
 #[cfg(feature = "aws")]
 pub mod sqs;
 
-pub use job::FanoutJob;
+pub use job::{EraseStage, FanoutJob};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]

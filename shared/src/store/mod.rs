@@ -251,6 +251,8 @@ pub trait Store: Send + Sync + 'static {
     /// Whether `actor` is a pulled author: marked once, for good.
     async fn is_pulled_author(&self, actor: &str) -> Result<bool, StoreError>;
     async fn mark_pulled_author(&self, actor: &str) -> Result<(), StoreError>;
+    /// Forgets that `actor` is a pulled author: only when the user is erased.
+    async fn unmark_pulled_author(&self, actor: &str) -> Result<(), StoreError>;
     /// Records `activity` as pulled: merged into its actor's followers' feeds when they read.
     async fn put_pulled(&self, activity: &Activity) -> Result<(), StoreError>;
     /// The pulled activity `id` of `actor`, if it is one.
@@ -302,6 +304,8 @@ pub trait Store: Send + Sync + 'static {
         keys: &[String],
         at_us: i64,
     ) -> Result<(), StoreError>;
+    /// Forgets the notification marks of `owner` made up to `at_us`: the user is erased.
+    async fn erase_notification_marks(&self, owner: &str, at_us: i64) -> Result<(), StoreError>;
     /// Makes `keys` (every group when `None`) seen, and read too when `read`, as of `at_us`.
     async fn remove_notification_marks(
         &self,

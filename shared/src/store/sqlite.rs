@@ -732,6 +732,19 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn unmark_pulled_author(&self, actor: &str) -> Result<(), StoreError> {
+        let actor = actor.to_owned();
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "DELETE FROM pulled_authors WHERE actor = ?1",
+                    params![actor],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
     async fn put_pulled(&self, activity: &Activity) -> Result<(), StoreError> {
         let a = activity.clone();
         self.db
@@ -951,6 +964,24 @@ impl Store for SqliteStore {
                         }
                     }
                 }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn erase_notification_marks(&self, owner: &str, at_us: i64) -> Result<(), StoreError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "DELETE FROM notification_marks WHERE owner = ?1 AND added_us <= ?2",
+                    params![owner, at_us],
+                )?;
+                tx.execute(
+                    "DELETE FROM notification_clears WHERE owner = ?1",
+                    params![owner],
+                )?;
                 tx.commit()
             })
             .await

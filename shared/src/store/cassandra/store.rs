@@ -116,6 +116,7 @@ struct Statements {
     allowance_old: PreparedStatement,
     activity_get_versioned: PreparedStatement,
     activity_update: PreparedStatement,
+    pulled_author_unmark: PreparedStatement,
 }
 
 pub struct CassandraStore {
@@ -195,6 +196,7 @@ impl CassandraStore {
             prepare(s, format!("DELETE FROM {ks}.rate_windows WHERE principal = ? AND class = ? AND minute < ?"), true),
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS}, version FROM {ks}.activities WHERE id = ?"), true),
             prepare(s, format!("UPDATE {ks}.activities SET target = ?, extra = ?, version = ? WHERE id = ? IF actor = ? AND version = ?"), false),
+            prepare(s, format!("DELETE FROM {ks}.pulled_authors WHERE actor = ?"), true),
         )?;
         let st = Statements {
             health: st.0,
@@ -252,6 +254,7 @@ impl CassandraStore {
             allowance_old: st.52,
             activity_get_versioned: st.53,
             activity_update: st.54,
+            pulled_author_unmark: st.55,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -1084,6 +1087,16 @@ impl Store for CassandraStore {
         .map(drop)
     }
 
+    async fn unmark_pulled_author(&self, actor: &str) -> Result<(), StoreError> {
+        self.execute(
+            "unmark_pulled_author",
+            &self.st.pulled_author_unmark,
+            (actor,),
+        )
+        .await
+        .map(drop)
+    }
+
     async fn put_pulled(&self, activity: &Activity) -> Result<(), StoreError> {
         self.execute(
             "put_pulled",
@@ -1253,6 +1266,12 @@ impl Store for CassandraStore {
         )
         .await
         .map(drop)
+    }
+
+    async fn erase_notification_marks(&self, owner: &str, at_us: i64) -> Result<(), StoreError> {
+        // The row holds nothing but the two sets: clearing both as of `at_us` is forgetting it.
+        self.remove_notification_marks(owner, None, true, at_us)
+            .await
     }
 
     async fn remove_notification_marks(
