@@ -433,6 +433,7 @@ enum Route {
     Follow,
     Unfollow,
     Post,
+    Update,
     Delete,
     FlatFeed,
     AggregatedFeed,
@@ -443,10 +444,11 @@ enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 10] = [
+    const ALL: [Route; 11] = [
         Route::Follow,
         Route::Unfollow,
         Route::Post,
+        Route::Update,
         Route::Delete,
         Route::FlatFeed,
         Route::AggregatedFeed,
@@ -465,6 +467,8 @@ impl Route {
             Route::Post => {
                 Call::new(Method::POST, "/activities").json(&json!({"actor": me, "object": "o"}))
             }
+            Route::Update => Call::new(Method::PATCH, format!("/activities/{}", w.my_activity))
+                .json(&json!({"set": {"extra.likes": 1}})),
             Route::Delete => Call::new(Method::DELETE, format!("/activities/{}", w.my_activity)),
             Route::FlatFeed => Call::new(Method::GET, "/feeds/flat"),
             Route::AggregatedFeed => Call::new(Method::GET, "/feeds/aggregated"),
@@ -482,7 +486,7 @@ impl Route {
             (Route::Health, _) => StatusCode::OK,
             (_, Who::Nobody) => StatusCode::UNAUTHORIZED,
             (Route::Follow | Route::Post, Who::Other) => StatusCode::FORBIDDEN,
-            (Route::Unfollow | Route::Delete, Who::Other) => StatusCode::FORBIDDEN,
+            (Route::Unfollow | Route::Update | Route::Delete, Who::Other) => StatusCode::FORBIDDEN,
             (Route::Follow | Route::Post, _) => StatusCode::CREATED,
             (Route::Unfollow | Route::Delete, _) => StatusCode::NO_CONTENT,
             _ => StatusCode::OK,
@@ -565,6 +569,10 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
     let intruder = token(&unique("intruder"));
     let not_mine = json!({"actor": w.you, "object": "o"});
     let too_big = json!({"actor": w.you, "object": "o", "extra": {"k": "x".repeat(70_000)}});
+    // An update is checked against its activity after the body: `404`, `403`, then the size of the
+    // `extra` it would leave.
+    let mine = format!("/activities/{}", w.my_activity);
+    let big_extra = json!({"set": {"extra.k": "x".repeat(9_000)}});
     let checks: Vec<(&str, Call, StatusCode)> = vec![
         (
             "no token and an invalid body",
@@ -611,6 +619,37 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
             StatusCode::FORBIDDEN,
         ),
         (
+            "another user's invalid update",
+            Call::new(Method::PATCH, &mine)
+                .bearer(&intruder)
+                .json(&json!({"set": {"verb": "like"}})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "an update of an activity that does not exist",
+            Call::new(
+                Method::PATCH,
+                "/activities/000661675b3528007c4f9a1e2b8d3f60",
+            )
+            .bearer(&intruder)
+            .json(&json!({"set": {"extra.likes": 1}})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "another user's update leaving an extra over 8 KiB",
+            Call::new(Method::PATCH, &mine)
+                .bearer(&intruder)
+                .json(&big_extra),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "an update leaving an extra over 8 KiB",
+            Call::new(Method::PATCH, &mine)
+                .bearer(&token(&w.me))
+                .json(&big_extra),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
             "GET /activities",
             Call::new(Method::GET, "/activities").bearer(&token(&w.me)),
             StatusCode::METHOD_NOT_ALLOWED,
@@ -633,8 +672,8 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
             StatusCode::METHOD_NOT_ALLOWED,
         ),
         (
-            "PATCH /activities/{id}",
-            Call::new(Method::PATCH, format!("/activities/{}", w.my_activity))
+            "PUT /activities/{id}",
+            Call::new(Method::PUT, format!("/activities/{}", w.my_activity))
                 .bearer(&token(&w.me))
                 .json(&json!({})),
             StatusCode::METHOD_NOT_ALLOWED,

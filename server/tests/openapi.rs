@@ -24,6 +24,10 @@ const DOCUMENT: &str = include_str!("../../openapi.json");
 /// The methods checked against every documented path.
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
+/// The documented paths, and the operations on them.
+const PATHS: usize = 15;
+const OPERATIONS: usize = 16;
+
 /// An activity id of the shape the service assigns, which no test stores.
 const UNKNOWN_ACTIVITY: &str = "000661675b3528007c4f9a1e2b8d3f60";
 
@@ -405,7 +409,7 @@ fn document_is_openapi_3_0_3_with_resolving_refs_and_declared_path_parameters() 
 async fn every_documented_operation_is_served_and_needs_a_token_except_health() {
     let f = fixture().await;
     let ops = operations();
-    assert_eq!(ops.len(), 15, "the API has fifteen operations");
+    assert_eq!(ops.len(), OPERATIONS, "the API has sixteen operations");
     for (template, method, op) in ops {
         let uri = concrete(template);
         let body = op
@@ -446,7 +450,7 @@ async fn methods_not_documented_for_a_path_answer_405_with_a_json_error() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 15 * METHODS.len() - 15);
+    assert_eq!(checked, PATHS * METHODS.len() - OPERATIONS);
 }
 
 #[tokio::test]
@@ -616,6 +620,40 @@ async fn follow_post_read_walkthrough_answers_documented_statuses_and_shapes() {
     assert_eq!(answer.status, 200);
     documented("get", "/feeds/flat", &answer);
 
+    let id = first["id"].as_str().unwrap();
+    let before = f.expect("get", "/feeds/flat", reader, None, 200).await;
+    let patch = json!({"set": {"target": "usr_09", "extra.likes": 3}, "unset": ["extra.text"]});
+    let updated = f
+        .expect(
+            "patch",
+            &format!("/activities/{id}"),
+            author,
+            Some(patch),
+            200,
+        )
+        .await;
+    let mut expected = first.clone();
+    expected["target"] = json!("usr_09");
+    expected["extra"] = json!({"likes": 3});
+    assert_eq!(updated, expected, "only target and extra change");
+    let in_place = |page: &Value| -> Value {
+        let mut results = page["results"].clone();
+        for a in results.as_array_mut().unwrap() {
+            if a["id"] == first["id"] {
+                *a = updated.clone();
+            }
+        }
+        results
+    };
+    // In the actor's own feed at once; in the follower's after the fan-out, where it was.
+    let own = f
+        .expect("get", "/feeds/user/usr_01?limit=100", reader, None, 200)
+        .await;
+    assert!(own["results"].as_array().unwrap().contains(&updated));
+    drain_embedded(&f.queue, &f.fanout).await;
+    let after = f.expect("get", "/feeds/flat", reader, None, 200).await;
+    assert_eq!(after["results"], in_place(&before), "{before} then {after}");
+
     let unfollowed = f
         .expect("delete", "/follow/usr_02/usr_01", reader, None, 204)
         .await;
@@ -623,7 +661,6 @@ async fn follow_post_read_walkthrough_answers_documented_statuses_and_shapes() {
     drain_embedded(&f.queue, &f.fanout).await;
     let flat = f.expect("get", "/feeds/flat", reader, None, 200).await;
     assert_eq!(flat, json!({"results": [], "next": null}));
-    let id = first["id"].as_str().unwrap();
     f.expect("delete", &format!("/activities/{id}"), author, None, 204)
         .await;
     drain_embedded(&f.queue, &f.fanout).await;
@@ -717,6 +754,34 @@ async fn error_responses_have_the_documented_status_and_error_shape() {
             "not_found",
         ),
         (
+            "patch",
+            format!("/activities/{}", posted["id"].as_str().unwrap()),
+            Some(json!({"set": {"extra.likes": 1}})),
+            403,
+            "forbidden",
+        ),
+        (
+            "patch",
+            format!("/activities/{UNKNOWN_ACTIVITY}"),
+            Some(json!({"set": {"extra.likes": 1}})),
+            404,
+            "not_found",
+        ),
+        (
+            "patch",
+            format!("/activities/{UNKNOWN_ACTIVITY}"),
+            Some(json!({"set": {"verb": "like"}})),
+            400,
+            "invalid_patch",
+        ),
+        (
+            "patch",
+            format!("/activities/{UNKNOWN_ACTIVITY}"),
+            Some(json!({"set": {"extra.likes": 1}, "colour": "red"})),
+            400,
+            "invalid_body",
+        ),
+        (
             "get",
             "/feeds/flat?limit=0".into(),
             None,
@@ -752,6 +817,18 @@ async fn error_responses_have_the_documented_status_and_error_shape() {
         }
     }
 
+    let too_large = json!({"set": {"extra.big": "x".repeat(9 * 1024)}});
+    let error = f
+        .expect(
+            "patch",
+            &format!("/activities/{}", posted["id"].as_str().unwrap()),
+            author,
+            Some(too_large),
+            400,
+        )
+        .await;
+    assert_eq!(error["error"]["code"], "extra_too_large");
+
     let bearer = format!("Bearer {}", reader.unwrap());
     let answer = f
         .raw(
@@ -764,6 +841,18 @@ async fn error_responses_have_the_documented_status_and_error_shape() {
         .await;
     assert_eq!(answer.status, 415, "{}", answer.body);
     documented("post", "/follow", &answer);
+    let uri = format!("/activities/{}", posted["id"].as_str().unwrap());
+    let answer = f
+        .raw(
+            "patch",
+            &uri,
+            Some(&bearer),
+            Some("text/plain"),
+            br#"{"set": {"extra.likes": 1}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(answer.status, 415, "{}", answer.body);
+    documented("patch", &uri, &answer);
     let oversized =
         json!({"actor": "usr_02", "object": "o", "extra": {"k": "x".repeat(70 * 1024)}});
     let answer = f

@@ -115,6 +115,16 @@ async fn post_activity_function_answers_its_sample_events() {
     assert_eq!(serde_json::to_value(&stored[0]).unwrap(), body);
 
     f.store.put_activity(&sample_activity()).await.unwrap();
+    let (status, body) = invoke(&f.app, Routes::PostActivity, "update-activity.json").await;
+    assert_eq!(status, 200, "{body}");
+    let mut updated = sample_activity();
+    updated.target = Some("usr_09".into());
+    updated.extra = serde_json::json!({"likes": 3}).as_object().cloned();
+    assert_eq!(body, serde_json::to_value(&updated).unwrap());
+    assert_eq!(
+        f.store.get_activity(SAMPLE_ACTIVITY).await.unwrap(),
+        Some(updated)
+    );
     let (status, body) = invoke(&f.app, Routes::PostActivity, "delete-activity.json").await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(f.store.get_activity(SAMPLE_ACTIVITY).await.unwrap(), None);
