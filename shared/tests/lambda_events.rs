@@ -96,6 +96,15 @@ async fn follow_function_answers_its_sample_events() {
         .collect();
     assert_eq!(created, [("usr_01", true), ("usr_03", true)]);
     assert!(f.store.is_following("usr_02", "usr_03").await.unwrap());
+    let waiting = f.queue.depth().await.unwrap().0;
+    let (status, body) = invoke(&f.app, Routes::Follow, "erase-user.json").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body, serde_json::json!({"status": "accepted"}));
+    assert_eq!(
+        f.queue.depth().await.unwrap().0,
+        waiting + 1,
+        "the erasure is enqueued"
+    );
     let (status, body) = invoke(&f.app, Routes::Follow, "get-feed.json").await;
     assert_eq!(status, 404, "a function serves only its own routes: {body}");
 }
