@@ -255,3 +255,145 @@ async fn queue_stopped_while_posting_answers_503_and_the_retry_stores_and_fans_o
     }
     eprintln!("done after {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cassandra_stopped_mid_erasure_then_restarted_the_erasure_completes() {
+    let _serial = SERIAL.lock().await;
+    let _cassandra = KeepRunning("cassandra");
+    let store = cassandra_store(KEYSPACE).await;
+    let queue = TestQueue::create("faults_erase", 2, 1000).await;
+    // Chunks of 5: the erasure of 300 activities and 100 edges takes about 80 messages.
+    let server = Server::cassandra_sqs(
+        BIN,
+        "faults-erase",
+        KEYSPACE,
+        queue.url(),
+        &[("FEEDS_FANOUT_CHUNK_SIZE", "5".into())],
+    );
+    let api = Api::new(&server);
+    let user = unique("erased");
+    // Names apart from the user's: the table check below looks for the user's id in every cell.
+    let fans: Vec<String> = (0..100).map(|_| unique("fan")).collect();
+    concurrently(fans.clone(), 32, |fan| {
+        let store = store.clone();
+        let edge = FollowEdge {
+            follower: fan,
+            following: user.clone(),
+            created_at: chrono::Utc::now(),
+        };
+        async move { store.follow(&edge).await.unwrap() }
+    })
+    .await;
+    // Three posted through the API, fanned out to every follower; the rest seeded in the store.
+    let mut fanned = Vec::new();
+    for i in 0..3 {
+        let a = api
+            .post(&user, json!({"actor": user, "object": format!("obj_{i}")}))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        fanned.push(a.body["id"].as_str().unwrap().to_owned());
+    }
+    queue.drained(Duration::from_secs(120)).await;
+    assert_eq!(api.flat_ids(&fans[0]).await.len(), 3);
+    concurrently((0..297).collect::<Vec<u32>>(), 32, |i| {
+        let store = store.clone();
+        let user = user.clone();
+        async move {
+            let new = feeds::model::NewActivity {
+                actor: user.clone(),
+                verb: None,
+                object: format!("seeded_{i}"),
+                target: None,
+                time: None,
+                foreign_id: Some(format!("seed:{i}")),
+                to: None,
+                extra: None,
+            };
+            let a = new.into_activity(chrono::Utc::now()).unwrap();
+            store.put_activity(&a).await.unwrap();
+        }
+    })
+    .await;
+    let own = |store: std::sync::Arc<feeds::store::cassandra::CassandraStore>, user: String| async move {
+        store
+            .user_feed(&user, IdRange::default(), 1000)
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(own(store.clone(), user.clone()).await, 300);
+
+    let erased = api
+        .send(
+            Method::DELETE,
+            &format!("/users/{user}"),
+            Some(&feeds_testkit::tokens::token(&user)),
+            None,
+        )
+        .await;
+    assert_eq!(erased.status, StatusCode::ACCEPTED, "{}", erased.body);
+    eventually("the erasure is under way", Duration::from_secs(60), || {
+        let (store, user) = (store.clone(), user.clone());
+        async move { own(store, user).await < 290 }
+    })
+    .await;
+    assert!(
+        script_async("cassandra", "stop").await,
+        "scripts/cassandra.sh stop"
+    );
+    let (waiting, in_flight, _) = queue.depth().await;
+    assert!(
+        waiting + in_flight > 0,
+        "the erasure had already finished when Cassandra stopped: nothing was tested"
+    );
+    eprintln!("Cassandra stopped mid-erasure: {waiting} messages waiting, {in_flight} in flight");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        script_async("cassandra", "start").await,
+        "scripts/cassandra.sh start"
+    );
+    queue.drained(Duration::from_secs(300)).await;
+    assert_eq!(
+        queue.dead_letters().await,
+        0,
+        "no message was dead-lettered"
+    );
+    assert!(
+        server.log_text().contains("fan-out message failed"),
+        "the outage made erasure messages fail (and come back)"
+    );
+
+    let store = cassandra_store(KEYSPACE).await;
+    assert_eq!(
+        own(store.clone(), user.clone()).await,
+        0,
+        "no activity left"
+    );
+    assert!(store.followers(&user, None, 10).await.unwrap().is_empty());
+    for fan in fans.iter().step_by(10) {
+        assert!(
+            !store.is_following(fan, &user).await.unwrap(),
+            "{fan} still follows the erased user"
+        );
+        assert!(api.flat_ids(fan).await.is_empty(), "{fan}'s feed");
+    }
+    let left: Vec<_> = feeds_testkit::remains::cassandra(&store, KEYSPACE, &user)
+        .await
+        .into_iter()
+        .filter(|r| {
+            !matches!(
+                r.table.as_str(),
+                "following" | "user_counts" | "rate_windows"
+            )
+        })
+        .collect();
+    assert!(left.is_empty(), "left of the erased user: {left:#?}");
+    // A foreign id of the erased user is free again.
+    let again = api
+        .post(
+            &user,
+            json!({"actor": user, "object": "again", "foreign_id": "seed:7"}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+}
