@@ -1,18 +1,19 @@
 //! Hostile and malformed requests against the real server binary on the embedded default, over
 //! HTTP: forged and broken tokens, every route as its owner, as another user, as a `feeds:admin`
 //! service and without a token, bodies over the limit, wrong content types, deep and huge JSON,
-//! and bad cursors and limits. Each is answered with the status docs/API.md gives, as a JSON error, and
-//! changes nothing: every feed and list it could touch is read before and after.
+//! bad updates, follow batches and notification marks, and bad cursors and limits. Each is answered
+//! with the status docs/API.md gives, as a JSON error, and changes nothing: every feed, list and
+//! count it could touch is read before and after.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use feeds::cursor::CursorCodec;
-use feeds_testkit::api::{answer, Answer, Api};
+use feeds_testkit::api::{answer, ids, Answer, Api};
 use feeds_testkit::server::Server;
 use feeds_testkit::snapshot::{assert_unchanged, snapshot};
 use feeds_testkit::tokens::{admin_token, token};
-use feeds_testkit::wait::eventually;
+use feeds_testkit::wait::{eventually, until_drained};
 use feeds_testkit::{concurrently, unique};
 use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
@@ -22,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The server's cursor secret, so that the tests can make cursors that are correctly signed.
 const CURSOR_SECRET: &str = "abuse test cursor secret";
 
+/// The rate limits keep their defaults (600 writes and 3000 reads a minute per principal): each test
+/// acts as users of its own and none comes near them, so every refusal here is for its own flaw.
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
@@ -39,7 +42,8 @@ fn api() -> Api {
 }
 
 /// Users in a small world: `you` follows `me`, `me` follows `third`; `me` and `third` have posted
-/// once each, and the fan-out has run.
+/// once each, `me`'s activity addressed to `you` and `third`'s to `me`, and the fan-out has run:
+/// each of `me` and `you` has one unseen, unread notification group.
 struct World {
     me: String,
     you: String,
@@ -54,10 +58,15 @@ impl World {
         let (you, third) = (unique("you"), unique("third"));
         assert_eq!(api.follow(&you, &me).await.status, StatusCode::CREATED);
         assert_eq!(api.follow(&me, &third).await.status, StatusCode::CREATED);
-        let mine = api.post(&me, json!({"actor": me, "object": "mine"})).await;
+        let mine = api
+            .post(&me, json!({"actor": me, "object": "mine", "to": [you]}))
+            .await;
         assert_eq!(mine.status, StatusCode::CREATED, "{}", mine.body);
         let theirs = api
-            .post(&third, json!({"actor": third, "object": "theirs"}))
+            .post(
+                &third,
+                json!({"actor": third, "object": "theirs", "to": [me]}),
+            )
             .await;
         let (my_activity, third_activity) = (
             mine.body["id"].as_str().unwrap().to_owned(),
@@ -69,6 +78,8 @@ impl World {
             || async {
                 api.flat_ids(&you).await == [my_activity.clone()]
                     && api.flat_ids(&me).await == [third_activity.clone()]
+                    && notified(api, &you).await == [my_activity.clone()]
+                    && notified(api, &me).await == [third_activity.clone()]
             },
         )
         .await;
@@ -84,6 +95,46 @@ impl World {
     fn users(&self) -> Vec<&str> {
         vec![&self.me, &self.you, &self.third]
     }
+
+    /// `PATCH /activities/{id}` of `me`'s activity.
+    fn my_activity_path(&self) -> String {
+        format!("/activities/{}", self.my_activity)
+    }
+}
+
+/// The ids of the activities in `user`'s notification feed's first page, group by group.
+async fn notified(api: &Api, user: &str) -> Vec<String> {
+    let page = api.get("/feeds/notification?limit=100", &token(user)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| ids(g["activities"].as_array().unwrap()))
+        .collect()
+}
+
+/// The method of the route at `path` that takes a body: `PATCH` for an activity, `POST` elsewhere.
+fn body_method(path: &str) -> Method {
+    if path.starts_with("/activities/") {
+        Method::PATCH
+    } else {
+        Method::POST
+    }
+}
+
+/// A valid body for every route that takes one, each acting for the world's `me` (`follow` is the
+/// body of `POST /follow`).
+fn valid_bodies(w: &World, follow: &Value) -> Vec<(String, Value)> {
+    let mark = json!({"all": true});
+    vec![
+        ("/activities".into(), json!({"actor": w.me, "object": "o"})),
+        ("/follow".into(), follow.clone()),
+        ("/follow/batch".into(), json!({"follows": [follow]})),
+        (w.my_activity_path(), json!({"set": {"extra.note": "n"}})),
+        ("/feeds/notification/seen".into(), mark.clone()),
+        ("/feeds/notification/read".into(), mark),
+    ]
 }
 
 /// One request with full control of its headers.
@@ -386,7 +437,7 @@ async fn forged_expired_and_malformed_tokens_are_401_on_every_route_and_change_n
     ];
 
     let users = w.users();
-    let before = snapshot(&api, &users).await;
+    let before = snapshot(&api, server().queue(), &users).await;
     for (name, authorization, code) in &cases {
         let calls = vec![
             Call::new(Method::POST, "/activities").json(&json!({"actor": me, "object": "forged"})),
@@ -399,6 +450,15 @@ async fn forged_expired_and_malformed_tokens_are_401_on_every_route_and_change_n
             Call::new(Method::GET, format!("/feeds/user/{me}")),
             Call::new(Method::GET, format!("/users/{me}/followers")),
             Call::new(Method::GET, format!("/users/{me}/following")),
+            Call::new(Method::POST, "/follow/batch")
+                .json(&json!({"follows": [{"follower": me, "following": "victim"}]})),
+            Call::new(Method::PATCH, w.my_activity_path())
+                .json(&json!({"set": {"extra.forged": true}, "unset": ["target"]})),
+            Call::new(Method::GET, "/feeds/notification"),
+            Call::new(Method::POST, "/feeds/notification/seen").json(&json!({"all": true})),
+            Call::new(Method::POST, "/feeds/notification/read").json(&json!({"all": true})),
+            Call::new(Method::GET, format!("/users/{me}")),
+            Call::new(Method::DELETE, format!("/users/{me}")),
         ];
         for call in calls {
             let what = format!("{name}: {} {}", call.method, call.path);
@@ -433,7 +493,6 @@ enum Route {
     Follow,
     Unfollow,
     Post,
-    Update,
     Delete,
     FlatFeed,
     AggregatedFeed,
@@ -441,14 +500,20 @@ enum Route {
     Followers,
     Following,
     Health,
+    FollowBatch,
+    Update,
+    NotificationFeed,
+    MarkSeen,
+    MarkRead,
+    UserCounts,
+    Erase,
 }
 
 impl Route {
-    const ALL: [Route; 11] = [
+    const ALL: [Route; 17] = [
         Route::Follow,
         Route::Unfollow,
         Route::Post,
-        Route::Update,
         Route::Delete,
         Route::FlatFeed,
         Route::AggregatedFeed,
@@ -456,6 +521,13 @@ impl Route {
         Route::Followers,
         Route::Following,
         Route::Health,
+        Route::FollowBatch,
+        Route::Update,
+        Route::NotificationFeed,
+        Route::MarkSeen,
+        Route::MarkRead,
+        Route::UserCounts,
+        Route::Erase,
     ];
 
     fn call(self, w: &World) -> Call {
@@ -467,8 +539,6 @@ impl Route {
             Route::Post => {
                 Call::new(Method::POST, "/activities").json(&json!({"actor": me, "object": "o"}))
             }
-            Route::Update => Call::new(Method::PATCH, format!("/activities/{}", w.my_activity))
-                .json(&json!({"set": {"extra.likes": 1}})),
             Route::Delete => Call::new(Method::DELETE, format!("/activities/{}", w.my_activity)),
             Route::FlatFeed => Call::new(Method::GET, "/feeds/flat"),
             Route::AggregatedFeed => Call::new(Method::GET, "/feeds/aggregated"),
@@ -476,20 +546,64 @@ impl Route {
             Route::Followers => Call::new(Method::GET, format!("/users/{me}/followers")),
             Route::Following => Call::new(Method::GET, format!("/users/{me}/following")),
             Route::Health => Call::new(Method::GET, "/health"),
+            // A new edge and one that exists.
+            Route::FollowBatch => Call::new(Method::POST, "/follow/batch").json(&json!({
+                "follows": [
+                    {"follower": me, "following": unique("newcomer")},
+                    {"follower": me, "following": w.third},
+                ]
+            })),
+            Route::Update => Call::new(Method::PATCH, w.my_activity_path())
+                .json(&json!({"set": {"extra.note": "changed"}})),
+            Route::NotificationFeed => Call::new(Method::GET, "/feeds/notification"),
+            Route::MarkSeen => {
+                Call::new(Method::POST, "/feeds/notification/seen").json(&json!({"all": true}))
+            }
+            Route::MarkRead => {
+                Call::new(Method::POST, "/feeds/notification/read").json(&json!({"all": true}))
+            }
+            Route::UserCounts => Call::new(Method::GET, format!("/users/{me}")),
+            Route::Erase => Call::new(Method::DELETE, format!("/users/{me}")),
         }
     }
 
-    /// docs/API.md: acting for someone else needs `feeds:admin`; reading user feeds and lists is open
-    /// to any authenticated principal; the flat and aggregated feeds are the principal's own.
+    /// Whether the route acts for the user it names (the follower, the actor), which only that
+    /// user or `feeds:admin` may.
+    fn acts_for_me(self) -> bool {
+        matches!(
+            self,
+            Route::Follow
+                | Route::FollowBatch
+                | Route::Unfollow
+                | Route::Post
+                | Route::Update
+                | Route::Delete
+                | Route::Erase
+        )
+    }
+
+    /// docs/API.md: acting for someone else needs `feeds:admin`; reading user feeds, lists and
+    /// counts is open to any authenticated principal; the flat, aggregated and notification feeds
+    /// and the notification marks are the principal's own.
     fn expected(self, who: Who) -> StatusCode {
         match (self, who) {
             (Route::Health, _) => StatusCode::OK,
             (_, Who::Nobody) => StatusCode::UNAUTHORIZED,
-            (Route::Follow | Route::Post, Who::Other) => StatusCode::FORBIDDEN,
-            (Route::Unfollow | Route::Update | Route::Delete, Who::Other) => StatusCode::FORBIDDEN,
+            (_, Who::Other) if self.acts_for_me() => StatusCode::FORBIDDEN,
             (Route::Follow | Route::Post, _) => StatusCode::CREATED,
             (Route::Unfollow | Route::Delete, _) => StatusCode::NO_CONTENT,
+            (Route::Erase, _) => StatusCode::ACCEPTED,
             _ => StatusCode::OK,
+        }
+    }
+
+    /// Whether the call as `who` changes what the world's snapshot sees: the writes for `me`
+    /// that are allowed, and `me`'s own marks; anything else (another principal's marks are
+    /// on its own feed) changes nothing of the world.
+    fn changes_world(self, who: Who) -> bool {
+        match (self, who) {
+            (Route::MarkSeen | Route::MarkRead, Who::Owner) => true,
+            _ => self.acts_for_me() && self.expected(who).is_success(),
         }
     }
 }
@@ -510,7 +624,7 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
             let intruder = unique("intruder");
             let mut users = w.users();
             users.push(&intruder);
-            let before = snapshot(&api, &users).await;
+            let before = snapshot(&api, server().queue(), &users).await;
             let call = route.call(&w);
             let call = match who {
                 Who::Owner => call.bearer(&token(&w.me)),
@@ -523,12 +637,16 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
             let expected = route.expected(who);
             if expected.is_client_error() {
                 assert_error(&answer, expected, &what);
-                assert_unchanged(&api, server().queue(), &users, &before, &what).await;
             } else {
                 assert_eq!(answer.status, expected, "{what}: {}", answer.body);
             }
-            // The flat and aggregated feeds are always the caller's own.
-            let results = &answer.body["results"];
+            if !route.changes_world(who) {
+                assert_unchanged(&api, server().queue(), &users, &before, &what).await;
+            }
+            // The flat, aggregated and notification feeds and their marks are always the
+            // caller's own.
+            let body = &answer.body;
+            let results = &body["results"];
             match (route, who) {
                 (Route::FlatFeed, Who::Owner) => {
                     assert_eq!(results[0]["id"], json!(w.third_activity), "{what}")
@@ -547,6 +665,63 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
                 (Route::Followers, Who::Owner | Who::Other | Who::Admin) => {
                     assert_eq!(results[0]["user"], json!(w.you), "{what}")
                 }
+                (Route::FollowBatch, Who::Owner | Who::Admin) => {
+                    let edges: Vec<_> = results
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| (&r["follower"], &r["created"]))
+                        .collect();
+                    let (me, yes, no) = (json!(w.me), json!(true), json!(false));
+                    assert_eq!(edges, [(&me, &yes), (&me, &no)], "{what}: {body}");
+                    assert_eq!(results[1]["following"], json!(w.third), "{what}");
+                }
+                (Route::Update, Who::Owner | Who::Admin) => {
+                    assert_eq!(body["id"], json!(w.my_activity), "{what}");
+                    assert_eq!(body["actor"], json!(w.me), "{what}");
+                    assert_eq!(body["extra"], json!({"note": "changed"}), "{what}");
+                }
+                (Route::NotificationFeed, Who::Owner) => {
+                    assert_eq!(
+                        results[0]["activities"][0]["id"],
+                        json!(w.third_activity),
+                        "{what}"
+                    );
+                    assert_eq!((&body["unseen"], &body["unread"]), (&json!(1), &json!(1)));
+                }
+                (Route::NotificationFeed, Who::Other | Who::Admin) => {
+                    assert_eq!(results, &json!([]), "{what}: another user's feed")
+                }
+                (Route::Erase, Who::Owner | Who::Admin) => {
+                    assert_eq!(body, &json!({"status": "accepted"}), "{what}");
+                    until_drained(server().queue(), Duration::from_secs(60)).await;
+                    let own = api
+                        .get(&format!("/feeds/user/{}", w.me), &token(&w.you))
+                        .await;
+                    assert_eq!(own.body["results"], json!([]), "{what}: erased");
+                    let gone = api
+                        .get(&format!("/users/{}/followers", w.me), &token(&w.you))
+                        .await;
+                    assert_eq!(gone.body["results"], json!([]), "{what}: no edge left");
+                }
+                (Route::MarkSeen, Who::Owner) => {
+                    assert_eq!(body, &json!({"unseen": 0, "unread": 1}), "{what}")
+                }
+                (Route::MarkRead, Who::Owner) => {
+                    assert_eq!(body, &json!({"unseen": 0, "unread": 0}), "{what}")
+                }
+                (Route::MarkSeen | Route::MarkRead, Who::Other | Who::Admin) => {
+                    assert_eq!(
+                        body,
+                        &json!({"unseen": 0, "unread": 0}),
+                        "{what}: its own feed"
+                    )
+                }
+                (Route::UserCounts, Who::Owner | Who::Other | Who::Admin) => assert_eq!(
+                    body,
+                    &json!({"user": w.me, "followers": 1, "following": 1, "activities": 1}),
+                    "{what}"
+                ),
                 _ => {}
             }
             (route, who, answer.status)
@@ -562,17 +737,19 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
             .collect::<Vec<_>>()
     );
 
-    // The order of the checks: authentication, then validity, then authorization; and `405` for a
-    // known path with another method, `404` for unknown paths.
+    // The order of the checks: authentication, then validity, then authorization (an update:
+    // its body, the activity, authorization, then the size of the result); and `405` for a known
+    // path with another method, `404` for unknown paths.
     let api = self::api();
     let w = World::new(&api, None).await;
-    let intruder = token(&unique("intruder"));
+    let intruder_name = unique("intruder");
+    let intruder = token(&intruder_name);
+    let mine = w.my_activity_path();
+    let unknown = format!("/activities/{}", "0".repeat(32));
+    let bad_patch = json!({"set": {"verb": "like"}});
+    let big_patch = json!({"set": {"extra.big": "x".repeat(9 * 1024)}});
     let not_mine = json!({"actor": w.you, "object": "o"});
     let too_big = json!({"actor": w.you, "object": "o", "extra": {"k": "x".repeat(70_000)}});
-    // An update is checked against its activity after the body: `404`, `403`, then the size of the
-    // `extra` it would leave.
-    let mine = format!("/activities/{}", w.my_activity);
-    let big_extra = json!({"set": {"extra.k": "x".repeat(9_000)}});
     let checks: Vec<(&str, Call, StatusCode)> = vec![
         (
             "no token and an invalid body",
@@ -619,35 +796,64 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
             StatusCode::FORBIDDEN,
         ),
         (
+            "no token and an invalid update",
+            Call::new(Method::PATCH, &mine).raw(Some("application/json"), "{nope"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "another user's invalid update of an unknown activity",
+            Call::new(Method::PATCH, &unknown)
+                .bearer(&intruder)
+                .json(&bad_patch),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
             "another user's invalid update",
             Call::new(Method::PATCH, &mine)
                 .bearer(&intruder)
-                .json(&json!({"set": {"verb": "like"}})),
+                .json(&bad_patch),
             StatusCode::BAD_REQUEST,
         ),
         (
-            "an update of an activity that does not exist",
-            Call::new(
-                Method::PATCH,
-                "/activities/000661675b3528007c4f9a1e2b8d3f60",
-            )
-            .bearer(&intruder)
-            .json(&json!({"set": {"extra.likes": 1}})),
+            "another user's update of an unknown activity",
+            Call::new(Method::PATCH, &unknown)
+                .bearer(&intruder)
+                .json(&big_patch),
             StatusCode::NOT_FOUND,
         ),
         (
-            "another user's update leaving an extra over 8 KiB",
+            "another user's update with a result over the extra limit",
             Call::new(Method::PATCH, &mine)
                 .bearer(&intruder)
-                .json(&big_extra),
+                .json(&big_patch),
             StatusCode::FORBIDDEN,
         ),
         (
-            "an update leaving an extra over 8 KiB",
-            Call::new(Method::PATCH, &mine)
+            "an update of an activity id that is no id",
+            Call::new(Method::PATCH, "/activities/..%2F..%2Fetc")
                 .bearer(&token(&w.me))
-                .json(&big_extra),
+                .json(&json!({"unset": ["target"]})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "another user's batch with one invalid edge",
+            Call::new(Method::POST, "/follow/batch")
+                .bearer(&intruder)
+                .json(&json!({"follows": [
+                    {"follower": w.me, "following": w.you},
+                    {"follower": intruder_name, "following": "a b"},
+                ]})),
             StatusCode::BAD_REQUEST,
+        ),
+        (
+            "another user's batch with one edge of its own",
+            Call::new(Method::POST, "/follow/batch")
+                .bearer(&intruder)
+                .json(&json!({"follows": [
+                    {"follower": intruder_name, "following": w.me},
+                    {"follower": w.me, "following": w.you},
+                ]})),
+            StatusCode::FORBIDDEN,
         ),
         (
             "GET /activities",
@@ -673,9 +879,36 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
         ),
         (
             "PUT /activities/{id}",
-            Call::new(Method::PUT, format!("/activities/{}", w.my_activity))
+            Call::new(Method::PUT, &mine)
                 .bearer(&token(&w.me))
-                .json(&json!({})),
+                .json(&json!({"actor": w.me, "object": "o"})),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "PATCH /activities",
+            Call::new(Method::PATCH, "/activities")
+                .bearer(&token(&w.me))
+                .json(&json!({"unset": ["target"]})),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "GET /follow/batch",
+            Call::new(Method::GET, "/follow/batch").bearer(&token(&w.me)),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "GET /feeds/notification/seen",
+            Call::new(Method::GET, "/feeds/notification/seen").bearer(&token(&w.me)),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "DELETE /feeds/notification",
+            Call::new(Method::DELETE, "/feeds/notification").bearer(&token(&w.me)),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "PUT /users/{user}",
+            Call::new(Method::PUT, format!("/users/{}", w.me)).bearer(&token(&w.me)),
             StatusCode::METHOD_NOT_ALLOWED,
         ),
         (
@@ -689,8 +922,9 @@ async fn authorization_matrix_of_every_route_follows_the_contract() {
             StatusCode::NOT_FOUND,
         ),
     ];
-    let users = w.users();
-    let before = snapshot(&api, &users).await;
+    let mut users = w.users();
+    users.push(&intruder_name);
+    let before = snapshot(&api, server().queue(), &users).await;
     for (what, call, expected) in checks {
         let answer = call.send(&api).await;
         assert_error(&answer, expected, what);
@@ -776,7 +1010,7 @@ async fn bodies_over_64_kib_are_413_and_change_nothing() {
     let w = World::new(&api, None).await;
     let mine = token(&w.me);
     let users = w.users();
-    let before = snapshot(&api, &users).await;
+    let before = snapshot(&api, server().queue(), &users).await;
     const LIMIT: usize = 64 * 1024;
     // Valid JSON padded with spaces to an exact size.
     let padded = |body: Value, size: usize| {
@@ -785,11 +1019,11 @@ async fn bodies_over_64_kib_are_413_and_change_nothing() {
         text.resize(size, b' ');
         text
     };
-    let post = json!({"actor": w.me, "object": "big"});
     let follow = json!({"follower": w.me, "following": unique("big")});
-    for (path, body) in [("/activities", &post), ("/follow", &follow)] {
+    for (path, body) in valid_bodies(&w, &follow) {
+        let method = body_method(&path);
         for size in [LIMIT + 1, 2 * LIMIT, 1024 * 1024] {
-            let answer = Call::new(Method::POST, path)
+            let answer = Call::new(method.clone(), &path)
                 .bearer(&mine)
                 .raw(Some("application/json"), padded(body.clone(), size))
                 .send(&api)
@@ -797,13 +1031,13 @@ async fn bodies_over_64_kib_are_413_and_change_nothing() {
             assert_error(
                 &answer,
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("{path} {size} B"),
+                &format!("{method} {path} {size} B"),
             );
         }
         // Without a Content-Length: chunked, 100 KiB.
         let chunk = padded(body.clone(), 100 * 1024);
         let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {mine}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {mine}\r\n\
              Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
             chunk.len()
         )
@@ -811,7 +1045,7 @@ async fn bodies_over_64_kib_are_413_and_change_nothing() {
         request.extend_from_slice(&chunk);
         request.extend_from_slice(b"\r\n0\r\n\r\n");
         let (status, body) = raw_http(request).await.expect("an answer");
-        assert_eq!(status, 413, "{path} chunked: {body}");
+        assert_eq!(status, 413, "{method} {path} chunked: {body}");
         assert!(body.contains("\"error\""), "{body}");
     }
     assert_unchanged(
@@ -838,9 +1072,9 @@ async fn bodies_that_are_not_json_are_415_and_change_nothing() {
     let w = World::new(&api, None).await;
     let mine = token(&w.me);
     let users = w.users();
-    let before = snapshot(&api, &users).await;
+    let before = snapshot(&api, server().queue(), &users).await;
     let post = json!({"actor": w.me, "object": "typed"}).to_string();
-    let follow = json!({"follower": w.me, "following": w.you}).to_string();
+    let bodies = valid_bodies(&w, &json!({"follower": w.me, "following": unique("typed")}));
     let refused: [Option<&'static str>; 11] = [
         None,
         Some("text/plain"),
@@ -855,10 +1089,10 @@ async fn bodies_that_are_not_json_are_415_and_change_nothing() {
         Some(""),
     ];
     for content_type in refused {
-        for (path, body) in [("/activities", &post), ("/follow", &follow)] {
-            let answer = Call::new(Method::POST, path)
+        for (path, body) in &bodies {
+            let answer = Call::new(body_method(path), path)
                 .bearer(&mine)
-                .raw(content_type, body.clone())
+                .raw(content_type, body.to_string())
                 .send(&api)
                 .await;
             assert_error(
@@ -901,12 +1135,35 @@ async fn deep_huge_and_broken_json_is_400_and_changes_nothing() {
     let api = api();
     let w = World::new(&api, None).await;
     let mine = token(&w.me);
-    let users = w.users();
-    let before = snapshot(&api, &users).await;
     let me = &w.me;
+    // An activity whose `extra` has room for 3 KiB more, to overflow by an update.
+    let roomy = api
+        .post(
+            me,
+            json!({"actor": me, "object": "roomy", "extra": {"text": "x".repeat(5 * 1024)}}),
+        )
+        .await;
+    assert_eq!(roomy.status, StatusCode::CREATED, "{}", roomy.body);
+    let roomy = format!("/activities/{}", roomy.body["id"].as_str().unwrap());
+    let users = w.users();
+    let before = snapshot(&api, server().queue(), &users).await;
+    let group = api.get("/feeds/notification", &mine).await.body["results"][0]["id"].clone();
+    assert!(group.is_string(), "`me` has a notification group");
+    let updated = &w.my_activity_path();
     let many_keys: serde_json::Map<String, Value> =
         (0..2000).map(|i| (format!("k{i}"), json!(i))).collect();
-    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+    // Edges that would each be written, were their batch taken.
+    let new_edges = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|_| json!({"follower": me, "following": unique("batched")}))
+            .collect()
+    };
+    let batch = |follows: Vec<Value>| json!({"follows": follows}).to_string().into_bytes();
+    let with = |mut follows: Vec<Value>, edge: Value| {
+        follows.push(edge);
+        batch(follows)
+    };
+    let mut cases: Vec<(&str, &str, Vec<u8>)> = vec![
         (
             "10,000 nested arrays",
             "/activities",
@@ -1002,6 +1259,29 @@ async fn deep_huge_and_broken_json_is_400_and_changes_nothing() {
         ("only spaces", "/follow", b"   ".to_vec()),
         ("null", "/follow", b"null".to_vec()),
         ("an array", "/follow", b"[]".to_vec()),
+        // Serde reads an array of the fields in order as an object; the contract takes objects.
+        (
+            "the fields as an array",
+            "/follow",
+            json!([me, "usr_x"]).to_string().into_bytes(),
+        ),
+        (
+            "an activity as an array",
+            "/activities",
+            json!([me, "post", "o1", null, null, null, [], null])
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "an edge of a batch as an array",
+            "/follow/batch",
+            json!({"follows": [[me, "usr_x"]]}).to_string().into_bytes(),
+        ),
+        (
+            "a mark as an array",
+            "/feeds/notification/read",
+            json!([["g"]]).to_string().into_bytes(),
+        ),
         ("a string", "/activities", b"\"post\"".to_vec()),
         (
             "an unterminated string",
@@ -1022,9 +1302,197 @@ async fn deep_huge_and_broken_json_is_400_and_changes_nothing() {
                 .to_string()
                 .into_bytes(),
         ),
+        (
+            "10,000 nested arrays",
+            updated,
+            nested_arrays(10_000).into_bytes(),
+        ),
+        (
+            "10,000 nested arrays as a key's value",
+            updated,
+            format!(r#"{{"set":{{"extra.deep":{}}}}}"#, nested_arrays(10_000)).into_bytes(),
+        ),
+        (
+            "trailing garbage",
+            updated,
+            br#"{"unset":["target"]} and more"#.to_vec(),
+        ),
+        ("an empty body", updated, Vec::new()),
+        ("an array", updated, b"[]".to_vec()),
+        (
+            "a duplicated field",
+            updated,
+            br#"{"unset":["target"],"unset":["extra"]}"#.to_vec(),
+        ),
+        ("an update of nothing", updated, b"{}".to_vec()),
+        ("empty lists", updated, br#"{"set":{},"unset":[]}"#.to_vec()),
+        (
+            "an unknown top-level field",
+            updated,
+            json!({"set": {"extra.k": 1}, "actor": me})
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "`unset` as a string",
+            updated,
+            br#"{"unset":"target"}"#.to_vec(),
+        ),
+        (
+            "`set` as a list",
+            updated,
+            br#"{"set":[["target","usr_9"]]}"#.to_vec(),
+        ),
     ];
+    for field in ["id", "actor", "verb", "object", "time", "foreign_id", "to"] {
+        cases.push((
+            "a field that cannot be set",
+            updated,
+            json!({"set": {field: w.you}}).to_string().into_bytes(),
+        ));
+        cases.push((
+            "a field that cannot be unset",
+            updated,
+            json!({"unset": [field]}).to_string().into_bytes(),
+        ));
+    }
+    for (what, patch) in [
+        (
+            "a name in both lists",
+            json!({"set": {"target": w.you}, "unset": ["target"]}),
+        ),
+        (
+            "a key of `extra` in both lists",
+            json!({"set": {"extra.k": 1}, "unset": ["extra.k"]}),
+        ),
+        ("a name twice", json!({"unset": ["extra", "extra"]})),
+        (
+            "`extra` with one of its keys",
+            json!({"set": {"extra": {}}, "unset": ["extra.k"]}),
+        ),
+        ("a target that is no id", json!({"set": {"target": "a b"}})),
+        ("a target of null", json!({"set": {"target": null}})),
+        ("`extra` set to a list", json!({"set": {"extra": [1]}})),
+        ("a key of no bytes", json!({"set": {"extra.": 1}})),
+        (
+            "a key of 300 bytes",
+            json!({"set": {format!("extra.{}", "k".repeat(300)): 1}}),
+        ),
+        (
+            "a whole `extra` over 8 KiB",
+            json!({"set": {"extra": {"text": "x".repeat(9 * 1024)}}}),
+        ),
+    ] {
+        cases.push((what, updated, patch.to_string().into_bytes()));
+    }
+    // Each change is under the limit, the result over it.
+    cases.push((
+        "a resulting `extra` over 8 KiB",
+        &roomy,
+        json!({"set": {"extra.more": "y".repeat(3 * 1024 + 512)}})
+            .to_string()
+            .into_bytes(),
+    ));
+    cases.extend([
+        ("no edges", "/follow/batch", batch(Vec::new())),
+        ("101 edges", "/follow/batch", batch(new_edges(101))),
+        (
+            "a bad id after good edges",
+            "/follow/batch",
+            with(new_edges(3), json!({"follower": me, "following": "a b"})),
+        ),
+        (
+            "a self-follow after good edges",
+            "/follow/batch",
+            with(new_edges(3), json!({"follower": me, "following": me})),
+        ),
+        (
+            "an edge without `following` after good edges",
+            "/follow/batch",
+            with(new_edges(3), json!({"follower": me})),
+        ),
+        (
+            "an edge with an unknown field after good edges",
+            "/follow/batch",
+            with(
+                new_edges(3),
+                json!({"follower": me, "following": unique("b"), "since": "2026-01-01T00:00:00Z"}),
+            ),
+        ),
+        (
+            "an edge of the wrong type after good edges",
+            "/follow/batch",
+            with(new_edges(3), json!(me)),
+        ),
+        (
+            "`follows` as one edge",
+            "/follow/batch",
+            json!({"follows": {"follower": me, "following": unique("b")}})
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "an unknown top-level field",
+            "/follow/batch",
+            json!({"follows": new_edges(1), "dry_run": true})
+                .to_string()
+                .into_bytes(),
+        ),
+        ("null", "/follow/batch", b"null".to_vec()),
+        (
+            "10,000 nested arrays",
+            "/follow/batch",
+            nested_arrays(10_000).into_bytes(),
+        ),
+    ]);
+    // Each mark names `me`'s unseen, unread group where it names any, so that a mark taken shows.
+    let other_groups = |n: usize| (0..n).map(|i| json!(format!("post:o{i}:2026-11-30")));
+    let marks = [
+        ("no fields", json!({})),
+        ("`groups` of null", json!({"groups": null})),
+        ("`all` of null", json!({"all": null})),
+        (
+            "`groups` of null and all",
+            json!({"groups": null, "all": true}),
+        ),
+        (
+            "`all` of null and groups",
+            json!({"groups": [group], "all": null}),
+        ),
+        (
+            "both `groups` and `all`",
+            json!({"groups": [group], "all": true}),
+        ),
+        ("`all` false", json!({"all": false})),
+        ("no groups", json!({"groups": []})),
+        (
+            "101 group ids",
+            json!({"groups": std::iter::once(group.clone()).chain(other_groups(100)).collect::<Vec<_>>()}),
+        ),
+        (
+            "a group id of no characters",
+            json!({"groups": [group, ""]}),
+        ),
+        (
+            "a group id of 300 characters",
+            json!({"groups": [group, "g".repeat(300)]}),
+        ),
+        ("`groups` as a string", json!({"groups": group})),
+        ("`all` as a string", json!({"all": "true"})),
+        ("an unknown field", json!({"all": true, "user": w.you})),
+    ];
+    for path in ["/feeds/notification/seen", "/feeds/notification/read"] {
+        for (what, body) in &marks {
+            cases.push((*what, path, body.to_string().into_bytes()));
+        }
+        cases.push((
+            "10,000 nested arrays as the groups",
+            path,
+            format!(r#"{{"groups":{}}}"#, nested_arrays(10_000)).into_bytes(),
+        ));
+    }
     for (what, path, body) in cases {
-        let answer = Call::new(Method::POST, path)
+        let answer = Call::new(body_method(path), path)
             .bearer(&mine)
             .raw(Some("application/json"), body)
             .send(&api)
@@ -1038,20 +1506,28 @@ async fn deep_huge_and_broken_json_is_400_and_changes_nothing() {
     assert_unchanged(&api, server().queue(), &users, &before, "broken JSON").await;
     let health = api.send(Method::GET, "/health", None, None).await;
     assert_eq!(health.status, StatusCode::OK, "the server is still well");
+    // The resulting `extra` was refused for its size: a smaller value is taken.
+    let smaller = Call::new(Method::PATCH, &roomy)
+        .bearer(&mine)
+        .json(&json!({"set": {"extra.more": "y".repeat(1024)}}))
+        .send(&api)
+        .await;
+    assert_eq!(smaller.status, StatusCode::OK, "{}", smaller.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cursors_and_limits_are_400_and_change_nothing() {
     let api = api();
     let w = World::new(&api, None).await;
-    // Enough rows for two pages of every list at `limit=1`.
+    // Enough rows for two pages of every list at `limit=1`; `extra`'s activities, addressed to
+    // `me`, make two more notification groups.
     let extra = unique("extra");
     assert_eq!(api.follow(&extra, &w.me).await.status, StatusCode::CREATED);
     assert_eq!(api.follow(&w.me, &extra).await.status, StatusCode::CREATED);
     for i in 0..2 {
         let body = json!({"actor": w.me, "object": format!("p{i}"), "time": format!("2026-11-2{i}T10:00:00Z")});
         assert_eq!(api.post(&w.me, body).await.status, StatusCode::CREATED);
-        let body = json!({"actor": extra, "object": format!("e{i}"), "time": format!("2026-11-2{i}T10:00:00Z")});
+        let body = json!({"actor": extra, "object": format!("e{i}"), "time": format!("2026-11-2{i}T10:00:00Z"), "to": [w.me]});
         assert_eq!(api.post(&extra, body).await.status, StatusCode::CREATED);
     }
     let me = w.me.clone();
@@ -1064,7 +1540,7 @@ async fn bad_cursors_and_limits_are_400_and_change_nothing() {
     .await;
     let mut users = w.users();
     users.push(&extra);
-    let before = snapshot(&api, &users).await;
+    let before = snapshot(&api, server().queue(), &users).await;
 
     let lists = [
         "/feeds/flat".to_owned(),
@@ -1072,6 +1548,7 @@ async fn bad_cursors_and_limits_are_400_and_change_nothing() {
         format!("/feeds/user/{me}"),
         format!("/users/{me}/followers"),
         format!("/users/{me}/following"),
+        "/feeds/notification".to_owned(),
     ];
     let mut issued = Vec::new();
     for list in &lists {
@@ -1125,6 +1602,7 @@ async fn bad_cursors_and_limits_are_400_and_change_nothing() {
                         format!("user:{me}"),
                         format!("followers:{me}"),
                         format!("following:{me}"),
+                        format!("notification:{me}"),
                     ][i],
                     "0000000000000001",
                 ),
@@ -1136,11 +1614,14 @@ async fn bad_cursors_and_limits_are_400_and_change_nothing() {
                 bad.push((format!("the cursor of {}", lists[j]), other.clone()));
             }
         }
-        if list == "/feeds/aggregated" {
-            // Correctly signed for this list, but no position an aggregated feed issues.
+        if let Some(kind) = ["aggregated", "notification"]
+            .into_iter()
+            .find(|kind| *list == format!("/feeds/{kind}"))
+        {
+            // Correctly signed for this list, but no position a feed of groups issues.
             bad.push((
                 "a signed position that does not parse".into(),
-                codec.encode(&format!("aggregated:{me}"), "not a position"),
+                codec.encode(&format!("{kind}:{me}"), "not a position"),
             ));
         }
         for (what, cursor) in bad {

@@ -410,7 +410,7 @@ async fn bad_requests_are_refused_and_change_nothing(server: &Server) {
         api.flat_ids(&you).await.len() == 2
     })
     .await;
-    let before = snapshot(&api, &[&me, &you]).await;
+    let before = snapshot(&api, server.queue(), &[&me, &you]).await;
     let mine = token(&me);
 
     let expired = feeds::auth::mint_token(

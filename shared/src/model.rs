@@ -136,7 +136,23 @@ pub const MAX_FOLLOW_BATCH: usize = 100;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FollowBatch {
+    #[serde(deserialize_with = "objects")]
     pub follows: Vec<FollowRequest>,
+}
+
+/// A list whose items are JSON objects: serde would also read an array of the fields in order
+/// as one, which the contract does not allow.
+fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let items: Vec<serde_json::Map<String, serde_json::Value>> = Deserialize::deserialize(d)?;
+    items
+        .into_iter()
+        .map(|m| serde_json::from_value(serde_json::Value::Object(m)))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
 }
 
 /// One edge of a batch's answer: the edge, and whether this batch created it.

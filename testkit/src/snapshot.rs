@@ -10,8 +10,11 @@ use crate::api::Api;
 use crate::tokens::token;
 use crate::wait::{until_drained, FanoutQueue};
 
-/// Every feed and list of `users`, read in full, and their aggregated feeds' first page.
-pub async fn snapshot(api: &Api, users: &[&str]) -> Vec<Value> {
+/// Once the fan-out has run whatever was queued (`queue` drained, so that counts have settled):
+/// every feed and list of `users`, read in full, the first page of their aggregated and
+/// notification feeds (with the unseen and unread counts), and their counts.
+pub async fn snapshot(api: &Api, queue: &FanoutQueue, users: &[&str]) -> Vec<Value> {
+    until_drained(queue, Duration::from_secs(60)).await;
     let mut out = Vec::new();
     for u in users {
         let t = token(u);
@@ -23,15 +26,21 @@ pub async fn snapshot(api: &Api, users: &[&str]) -> Vec<Value> {
         ] {
             out.push(Value::Array(api.walk(&path, &t).await));
         }
-        let aggregated = api.get("/feeds/aggregated?limit=100", &t).await;
-        assert_eq!(aggregated.status, StatusCode::OK);
-        out.push(aggregated.body);
+        for path in [
+            "/feeds/aggregated?limit=100".to_owned(),
+            "/feeds/notification?limit=100".to_owned(),
+            format!("/users/{u}"),
+        ] {
+            let answer = api.get(&path, &t).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+            out.push(answer.body);
+        }
     }
     out
 }
 
-/// Waits until the fan-out has run whatever the requests since `before` queued (`queue` drained),
-/// then asserts that the snapshot of `users` is still `before`.
+/// Waits until the fan-out has run whatever the requests since `before` queued, then asserts that
+/// the snapshot of `users` is still `before`.
 pub async fn assert_unchanged(
     api: &Api,
     queue: &FanoutQueue,
@@ -39,9 +48,8 @@ pub async fn assert_unchanged(
     before: &[Value],
     what: &str,
 ) {
-    until_drained(queue, Duration::from_secs(60)).await;
     assert_eq!(
-        snapshot(api, users).await,
+        snapshot(api, queue, users).await,
         before,
         "{what} changed stored data"
     );

@@ -106,6 +106,13 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
     {
         return Err(ApiError::unsupported_media_type());
     }
+    // Every body is an object: serde would also read an array of the fields in order as one.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body is not valid: a JSON object is expected",
+        ));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not valid: {e}")))
 }
