@@ -62,6 +62,9 @@ impl FanoutSettings {
     }
 }
 
+/// Items an erasure message handles at most.
+const ERASE_CHUNK: usize = 100;
+
 #[derive(Clone)]
 pub struct Fanout {
     store: Arc<dyn Store>,
@@ -532,31 +535,40 @@ impl Fanout {
     /// message finds less to do.
     async fn erase(&self, user: &str, stage: EraseStage) -> Result<(), FanoutError> {
         let store = self.store.as_ref();
-        let chunk = self.settings.chunk_size;
+        // Each item costs a lightweight transaction or two: a chunk stays well within a
+        // function's time limit.
+        let chunk = self.settings.chunk_size.min(ERASE_CHUNK);
         let mut jobs = Vec::new();
         let handled = match stage {
             EraseStage::Activities => {
                 let page = store.user_feed(user, IdRange::default(), chunk).await?;
-                // Each removal enqueued before its delete, as a delete request does.
-                for a in &page {
-                    self.queue.send(&FanoutJob::removal(a, chunk)).await?;
-                    store.delete_activity(a).await?;
+                // The removals enqueued before the deletes, as a delete request does.
+                let removals: Vec<FanoutJob> = page
+                    .iter()
+                    .flat_map(|a| FanoutJob::removal(a, self.settings.chunk_size))
+                    .collect();
+                self.queue.send(&removals).await?;
+                for group in page.chunks(16) {
+                    futures::future::try_join_all(group.iter().map(|a| store.delete_activity(a)))
+                        .await?;
                 }
                 page.len()
             }
             EraseStage::Following => {
+                // One partition (the user's), so one edge at a time.
                 let page = store.following(user, None, chunk).await?;
                 for r in &page {
-                    store.unfollow(user, &r.user).await?;
-                    jobs.extend(FanoutJob::edge_changed(user, &r.user, false));
+                    self.unfollow(user, &r.user).await?;
                 }
                 page.len()
             }
             EraseStage::Followers => {
                 let page = store.followers(user, None, chunk).await?;
-                for r in &page {
-                    store.unfollow(&r.user, user).await?;
-                    jobs.extend(FanoutJob::edge_changed(&r.user, user, false));
+                for group in page.chunks(16) {
+                    futures::future::try_join_all(
+                        group.iter().map(|r| self.unfollow(&r.user, user)),
+                    )
+                    .await?;
                 }
                 page.len()
             }
@@ -598,6 +610,15 @@ impl Fanout {
             user: user.to_owned(),
             stage,
         }));
+        self.queue.send(&jobs).await?;
+        Ok(())
+    }
+
+    /// Removes an edge as an erasure does, and enqueues at once what an unfollow enqueues: a
+    /// retried message reads its page again and no longer finds this edge.
+    async fn unfollow(&self, follower: &str, followee: &str) -> Result<(), FanoutError> {
+        self.store.unfollow(follower, followee).await?;
+        let jobs = FanoutJob::edge_changed(follower, followee, false);
         self.queue.send(&jobs).await?;
         Ok(())
     }
