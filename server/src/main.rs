@@ -11,6 +11,8 @@ use feeds::store::cassandra::{self, CassandraConfig};
 use feeds::BoxError;
 use tokio::sync::watch;
 
+mod realtime;
+
 #[derive(Parser)]
 #[command(
     name = "feeds-server",
@@ -82,8 +84,12 @@ async fn main() -> ExitCode {
 
 async fn serve(bind: Option<String>) -> Result<(), BoxError> {
     let settings = config::start(Defaults::EMBEDDED)?;
-    let backends = Backends::open(&settings).await?;
-    let app = router(config::app(&settings, &backends)?, Routes::All);
+    let mut backends = Backends::open(&settings).await?;
+    let hub = std::sync::Arc::new(realtime::Hub::default());
+    backends.fanout = backends.fanout.clone().with_events(hub.clone());
+    let app = config::app(&settings, &backends)?;
+    let verifier = app.verifier.clone();
+    let app = router(app, Routes::All).merge(realtime::router(hub, verifier));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let worker = {
         let (fanout, consumer) = (backends.fanout.clone(), backends.consumer.clone());

@@ -13,6 +13,7 @@ use crate::aggregate::{self, Grouping};
 use crate::model::Activity;
 use crate::notify;
 use crate::queue::{Consumer, EraseStage, FanoutJob, Queue, QueueError, QueueMessage};
+use crate::realtime::{self, Events};
 use crate::store::{Counted, DayRange, IdRange, Store, StoreError, TimelineEntry};
 use crate::update;
 
@@ -70,6 +71,8 @@ pub struct Fanout {
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     settings: FanoutSettings,
+    /// Realtime listeners, when this process has any (the standalone server).
+    events: Option<Arc<dyn Events>>,
 }
 
 impl Fanout {
@@ -78,7 +81,59 @@ impl Fanout {
             store,
             queue,
             settings,
+            events: None,
         }
+    }
+
+    /// This fan-out, telling `events` what it changes in whose feeds.
+    pub fn with_events(mut self, events: Arc<dyn Events>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Tells the listening owners of `entries` that the rows arrived (or left, when `removed`).
+    fn publish_rows(&self, entries: &[TimelineEntry], removed: bool) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        for e in entries {
+            let (user, feed) = realtime::feed_of(&e.owner);
+            if !events.listening(user) {
+                continue;
+            }
+            let message = match removed {
+                false => realtime::Message::Activity {
+                    feed,
+                    activity: e.activity.clone(),
+                },
+                true => realtime::Message::Removed {
+                    feed,
+                    id: e.activity.id.clone(),
+                },
+            };
+            events.publish(user, &message);
+        }
+    }
+
+    /// Tells the listening users of these notification feeds their counts.
+    async fn publish_counts(&self, owners: &[String]) -> Result<(), StoreError> {
+        let Some(events) = &self.events else {
+            return Ok(());
+        };
+        for owner in owners {
+            let Some(user) = notify::user_of_feed(owner) else {
+                continue;
+            };
+            if events.listening(user) {
+                let marks = self.store.notification_marks(owner).await?;
+                let message = realtime::Message::Counts {
+                    unseen: marks.unseen.len(),
+                    unread: marks.unread.len(),
+                };
+                events.publish(user, &message);
+            }
+        }
+        Ok(())
     }
 
     /// Runs one job: writes its chunk, and enqueues the next chunk first so that chunks of a large
@@ -296,6 +351,8 @@ impl Fanout {
                 for (owner, cut_day) in self.add_to(&entries, notify::GROUPING).await? {
                     notify::prune(store, &owner, cut_day, true).await?;
                 }
+                let owners: Vec<String> = entries.into_iter().map(|e| e.owner).collect();
+                self.publish_counts(&owners).await?;
             }
             FanoutJob::Erase { user, stage } => self.erase(user, *stage).await?,
             FanoutJob::Update { activity_id, after } => {
@@ -314,6 +371,7 @@ impl Fanout {
                     .collect();
                 let present = store.timeline_entries(&rows).await?;
                 aggregate::remove_rows(store, notify::GROUPING, &present).await?;
+                self.publish_rows(&present, true);
                 // Also where the row was gone already: a first attempt may have stopped after
                 // removing it.
                 if let Some(day) = notify::day_of_group(group) {
@@ -321,6 +379,7 @@ impl Fanout {
                         notify::prune(store, owner, day, false).await?;
                     }
                 }
+                self.publish_counts(&owners).await?;
             }
             FanoutJob::Recount {
                 user,
@@ -377,6 +436,7 @@ impl Fanout {
             return Ok(trimmed);
         }
         aggregate::insert_rows(self.store.as_ref(), grouping, entries).await?;
+        self.publish_rows(entries, false);
         let mut owners: Vec<&str> = entries.iter().map(|e| e.owner.as_str()).collect();
         owners.sort_unstable();
         let every = self.settings.trim_every();
@@ -396,7 +456,9 @@ impl Fanout {
     }
 
     async fn remove(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
-        aggregate::remove_rows(self.store.as_ref(), self.settings.grouping, entries).await
+        aggregate::remove_rows(self.store.as_ref(), self.settings.grouping, entries).await?;
+        self.publish_rows(entries, true);
+        Ok(())
     }
 
     /// Cuts `owner`'s timeline to its newest `max_length` rows with one range delete, drops the

@@ -48,6 +48,7 @@ pub mod limits;
 pub mod model;
 pub mod notify;
 pub mod queue;
+pub mod realtime;
 pub mod service;
 pub mod settings;
 pub mod store;

@@ -31,6 +31,11 @@ pub fn feed_owner(user: &str) -> String {
     format!("{user}#notifications")
 }
 
+/// The user whose notification feed `owner` is, when it is one.
+pub fn user_of_feed(owner: &str) -> Option<&str> {
+    owner.strip_suffix("#notifications")
+}
+
 /// Whom `activity` notifies: its `to`, without its actor.
 pub fn recipients(activity: &Activity) -> Vec<String> {
     activity
