@@ -23,10 +23,13 @@ use tokio::sync::mpsc;
 const BACKLOG: usize = 256;
 const PING_EVERY: Duration = Duration::from_secs(30);
 
+/// One user's open connections, each with its id.
+type Connections = Vec<(u64, mpsc::Sender<String>)>;
+
 /// The connections of this process, by user.
 #[derive(Default)]
 pub struct Hub {
-    connections: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<String>)>>>,
+    connections: Mutex<HashMap<String, Connections>>,
     next_id: AtomicU64,
 }
 
