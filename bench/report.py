@@ -785,6 +785,47 @@ def main():
         md.append(table(["function", "size", "built (UTC)", "target ≤ 10 MB"], brows))
         md.append("\n![lambda](bench/results/lambda.png)\n" if not tiny else "")
 
+    # ---- 8. realtime
+    rt = ours.get("realtime")
+    if rt:
+        md = sec("8")
+        md.append("## 8. Realtime\n")
+        md.append(
+            "The standalone server's release binary, `GET /realtime` with `?token=`; feeds-bench holds "
+            "one WebSocket per follower (tokio-tungstenite) and stamps each `activity` message as it is "
+            "read. Latency = the `201` of `POST /activities` read → the message read, over every "
+            "(post, follower); posts 50 ms apart. `sqlite` = the embedded default (its queue in the "
+            "same file); `cassandra` = Cassandra + ElasticMQ, the server's own fan-out worker "
+            "consuming. Connections: idle WebSockets of distinct users, the server's VmRSS before and "
+            "after opening them (2 s settle each side).\n"
+        )
+        rows = [
+            [
+                r["store"],
+                r["followers"],
+                r["posts"],
+                fmt(r["p50_ms"], 1),
+                fmt(r["p99_ms"], 1),
+                spread(r["last_follower_ms"], 1),
+            ]
+            for r in rt.get("latency", [])
+        ]
+        md.append(table(["store", "followers", "posts", "p50 ms", "p99 ms", "last follower ms, median [min–max]"], rows))
+        md.append("")
+        rows = [
+            [
+                m["store"],
+                f"{m['connections']:,}",
+                f"{m['rss_before_kib'] / 1024:.1f}",
+                f"{m['rss_after_kib'] / 1024:.1f}",
+                fmt(m["kib_per_connection"], 1),
+                f"{m['connections_per_gib']:,.0f}",
+            ]
+            for m in rt.get("memory", [])
+        ]
+        md.append(table(["store", "idle connections", "RSS before MiB", "RSS after MiB", "KiB per connection", "connections per GiB"], rows))
+        md.append("")
+
     # ---- targets summary (first in the document)
     summary = ["## Targets\n"]
     summary.append(

@@ -8,7 +8,8 @@
 //!    tombstones a page reads after many trims; 3d. a pulled author with 100,000 followers: its
 //!    post's statements, and its followers' reads against a pushed-only reader; 5. fan-out and
 //!    reads on the embedded SQLite store, with a bare HTTP round trip beside its reads; 6. Lambda
-//!    costs; 7. Amazon Keyspaces request units per operation, counted from the statements run.
+//!    costs; 7. Amazon Keyspaces request units per operation, counted from the statements run;
+//! 8. realtime: post-to-message latency on connected followers, and connections per GiB.
 //!
 //! (Workload 4, Stream-Framework, is `bench/peer/`.)
 
@@ -20,6 +21,7 @@ mod embedded;
 mod lambda;
 mod load;
 mod pulled;
+mod realtime;
 mod seed;
 mod stats;
 mod tombstones;
@@ -87,6 +89,9 @@ enum Command {
     Lambda,
     /// 7. Amazon Keyspaces request units per operation, counted from the statements run.
     Keyspaces,
+    /// 8. Realtime: post-to-message latency on 100 connected followers (both stores), and
+    /// the idle connections one server holds in 1 GiB.
+    Realtime,
 }
 
 pub struct Ctx {
@@ -206,6 +211,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Pulled,
         Command::Lambda,
         Command::Keyspaces,
+        Command::Realtime,
     ]
     .into_iter()
     .any(wants);
@@ -272,6 +278,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         let r = costs::keyspaces_units(&ctx, cassandra.as_ref().unwrap()).await?;
         doc["keyspaces"] = serde_json::to_value(r)?;
         save(&mut doc, "keyspaces", started)?;
+    }
+    if wants(Command::Realtime) {
+        let started = Instant::now();
+        doc["realtime"] = serde_json::to_value(realtime::realtime(&ctx).await?)?;
+        save(&mut doc, "realtime", started)?;
     }
     doc["meta"]["seconds"] = json!(t0.elapsed().as_secs_f64());
     doc["meta"]["finished"] = json!(chrono::Utc::now().to_rfc3339());

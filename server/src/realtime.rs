@@ -94,6 +94,9 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+/// The largest frame or message a client may send.
+const CLIENT_FRAME_LIMIT: usize = 4 * 1024;
+
 /// The `/realtime` route, for the standalone server's router.
 pub fn router(hub: Arc<Hub>, verifier: Arc<Verifier>) -> Router {
     Router::new()
@@ -122,7 +125,13 @@ async fn connect(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    upgrade.on_upgrade(move |socket| serve(socket, rt.hub, principal.sub))
+    // A client sends only pongs and a close: small buffers and limits keep an idle connection
+    // cheap (the default read buffer alone is 128 KiB) and a large frame from it refused.
+    upgrade
+        .read_buffer_size(CLIENT_FRAME_LIMIT)
+        .max_frame_size(CLIENT_FRAME_LIMIT)
+        .max_message_size(CLIENT_FRAME_LIMIT)
+        .on_upgrade(move |socket| serve(socket, rt.hub, principal.sub))
 }
 
 async fn serve(mut socket: WebSocket, hub: Arc<Hub>, user: String) {
