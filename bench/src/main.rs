@@ -89,8 +89,7 @@ enum Command {
     Lambda,
     /// 7. Amazon Keyspaces request units per operation, counted from the statements run.
     Keyspaces,
-    /// 8. Realtime: post-to-message latency on 100 connected followers (both stores), and
-    /// the idle connections one server holds in 1 GiB.
+    /// 8. Realtime: a post's message on 100 connected followers, and connections per GiB.
     Realtime,
 }
 
