@@ -612,13 +612,16 @@ pub async fn page(
         };
         let day_above = above;
         if bounded {
-            groups = merge_pulled(pulled.clone(), grouping, groups)?;
-            let count = day_count(&groups)?;
-            if above + count > max_length {
+            // Merging adds each pulled activity to exactly one group: the day's count is known
+            // before the merge, which a cut day does not need.
+            let count = day_count(&groups)? + pulled.len();
+            groups = if above + count > max_length {
                 // The feed ends within this day: its newest activities only, regrouped.
                 let keep = max_length - above;
-                groups = cut_day(store, owner, grouping, day, pulled, keep).await?;
-            }
+                cut_day(store, owner, grouping, day, pulled, keep).await?
+            } else {
+                merge_pulled(pulled, grouping, groups)?
+            };
             above += count;
         }
         groups.sort_by(|a, b| b.newest_id.cmp(&a.newest_id));
