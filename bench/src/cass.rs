@@ -177,6 +177,7 @@ fn sqs_config(queue_url: String) -> SqsConfig {
         endpoint: std::env::var("FEEDS_SQS_ENDPOINT")
             .ok()
             .or_else(|| Some("http://127.0.0.1:9324".to_owned())),
+        dlq_url: None,
     }
 }
 

@@ -11,6 +11,7 @@ use feeds::store::cassandra::{self, CassandraConfig};
 use feeds::BoxError;
 use tokio::sync::watch;
 
+mod admin;
 mod realtime;
 
 #[derive(Parser)]
@@ -55,6 +56,9 @@ enum Command {
         #[arg(long, env = "FEEDS_JWT_AUDIENCE")]
         audience: Option<String>,
     },
+    /// The operator's tools, on the store and queue the settings name (as `serve` reads them).
+    #[command(subcommand)]
+    Admin(admin::Admin),
 }
 
 #[tokio::main]
@@ -72,6 +76,7 @@ async fn main() -> ExitCode {
             issuer,
             audience,
         } => mint(&sub, admin, hours, expires, key, issuer, audience),
+        Command::Admin(command) => admin::run(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

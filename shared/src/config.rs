@@ -12,7 +12,7 @@ use crate::limits::{Limiter, RateSettings};
 use crate::queue::embedded::EmbeddedQueue;
 #[cfg(feature = "aws")]
 use crate::queue::sqs::{SqsConfig, SqsQueue};
-use crate::queue::{Consumer, Queue, QueueError};
+use crate::queue::{Consumer, Queue, QueueAdmin, QueueError};
 use crate::service::Feeds;
 pub use crate::settings::{Env, SettingsError};
 #[cfg(feature = "aws")]
@@ -264,11 +264,13 @@ pub struct Backends {
     pub queue: Arc<dyn Queue>,
     /// The receiving side of the same queue, for an in-process worker.
     pub consumer: Arc<dyn Consumer>,
+    /// The operator's side of the same queue: its depths and dead letters.
+    pub queue_admin: Arc<dyn QueueAdmin>,
     pub fanout: Fanout,
 }
 
 impl Backends {
-    pub fn new<Q: Queue + Consumer + Clone>(
+    pub fn new<Q: Queue + Consumer + QueueAdmin + Clone>(
         store: Arc<dyn Store>,
         queue: Q,
         settings: FanoutSettings,
@@ -278,7 +280,8 @@ impl Backends {
             fanout: Fanout::new(store.clone(), sender.clone(), settings),
             store,
             queue: sender,
-            consumer: Arc::new(queue),
+            consumer: Arc::new(queue.clone()),
+            queue_admin: Arc::new(queue),
         }
     }
 

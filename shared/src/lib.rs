@@ -28,6 +28,8 @@
 //!   writes. Uses all of the above; knows no entry point.
 //! - [`http`]: the axum router, extractors and thin handlers; maps every error to the contract's
 //!   status and JSON body in one place ([`http::ApiError`]). Uses `service`, `auth`, `cursor`.
+//! - [`admin`]: the operator's tools (`feeds-server admin`): counts, the repair of follow edges,
+//!   the rebuild of a user's feeds. Uses `store`, `queue`, `aggregate`, `notify`, `fanout`.
 //! - [`config`]: the typed [`config::Settings`], read once, and the one place the backends, the
 //!   service and the HTTP app are built from them.
 //! - `lambda` (feature `aws`): the Lambda entry points and the SQS event adapter.
@@ -35,6 +37,7 @@
 //! The entry points (the functions in `functions/`, the server in `server/`) depend on this crate
 //! only, and share nothing else.
 
+pub mod admin;
 pub mod aggregate;
 pub mod auth;
 pub mod config;

@@ -45,6 +45,7 @@ async fn handler_succeeds_after_cassandra_restarts_between_invocations() {
     let queue = SqsQueue::from_config(&SqsConfig {
         queue_url,
         endpoint: Some(endpoint),
+        dlq_url: None,
     })
     .await;
     let backends = Backends::new(store, queue, Default::default());

@@ -13,8 +13,9 @@ use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{
-    Counted, DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store,
-    StoreError, StoredGroup, TimelineEntry, UserCounts,
+    Census, Counted, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupWrite, IdRange,
+    NotificationMarks, PulledFollowee, ScanPage, Store, StoreError, StoredGroup, TimelineEntry,
+    UserCounts,
 };
 use feeds_testkit::wait::drain_embedded;
 use serde_json::Value;
@@ -283,6 +284,37 @@ impl Store for GatedStore {
         self.inner
             .remove_notification_marks(owner, keys, read, at_us)
             .await
+    }
+    async fn scan_edges(
+        &self,
+        side: EdgeSide,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<ScanPage<(String, String)>, StoreError> {
+        self.inner.scan_edges(side, from, page).await
+    }
+    async fn check_edge(
+        &self,
+        follower: &str,
+        followee: &str,
+        repair: bool,
+    ) -> Result<EdgeCheck, StoreError> {
+        self.inner.check_edge(follower, followee, repair).await
+    }
+    async fn scan_activities(
+        &self,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<ScanPage<Activity>, StoreError> {
+        self.inner.scan_activities(from, page).await
+    }
+    async fn census(
+        &self,
+        what: Census,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        self.inner.census(what, from, page).await
     }
 }
 

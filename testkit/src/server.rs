@@ -132,24 +132,7 @@ impl Server {
         queue_url: &str,
         extra: &[(&str, String)],
     ) -> Server {
-        let mut envs = vec![
-            ("FEEDS_STORE", "cassandra".to_owned()),
-            (
-                "FEEDS_CASSANDRA_NODES",
-                var("FEEDS_CASSANDRA_NODES", "127.0.0.1:9042"),
-            ),
-            ("FEEDS_CASSANDRA_KEYSPACE", keyspace.to_owned()),
-            ("FEEDS_CASSANDRA_MIGRATE", "true".to_owned()),
-            ("FEEDS_QUEUE", "sqs".to_owned()),
-            ("FEEDS_SQS_ENDPOINT", sqs_endpoint()),
-            ("FEEDS_QUEUE_URL", queue_url.to_owned()),
-            ("AWS_REGION", var("AWS_REGION", "us-east-1")),
-            ("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID", "local")),
-            (
-                "AWS_SECRET_ACCESS_KEY",
-                var("AWS_SECRET_ACCESS_KEY", "local"),
-            ),
-        ];
+        let mut envs = cassandra_sqs_envs(keyspace, queue_url);
         envs.extend(extra.iter().cloned());
         let mut server = Server::start(bin, name, &envs);
         server.queue = Some(FanoutQueue::Sqs(queue_url.to_owned()));
@@ -177,6 +160,29 @@ impl Server {
     pub fn stop(self) {
         drop(self);
     }
+}
+
+/// The settings of a process on Cassandra (`keyspace`, migrated at start) and SQS (`queue_url`), as
+/// the local services are configured (`FEEDS_CASSANDRA_NODES`, `FEEDS_SQS_ENDPOINT`, `AWS_*`).
+pub fn cassandra_sqs_envs(keyspace: &str, queue_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("FEEDS_STORE", "cassandra".to_owned()),
+        (
+            "FEEDS_CASSANDRA_NODES",
+            var("FEEDS_CASSANDRA_NODES", "127.0.0.1:9042"),
+        ),
+        ("FEEDS_CASSANDRA_KEYSPACE", keyspace.to_owned()),
+        ("FEEDS_CASSANDRA_MIGRATE", "true".to_owned()),
+        ("FEEDS_QUEUE", "sqs".to_owned()),
+        ("FEEDS_SQS_ENDPOINT", sqs_endpoint()),
+        ("FEEDS_QUEUE_URL", queue_url.to_owned()),
+        ("AWS_REGION", var("AWS_REGION", "us-east-1")),
+        ("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID", "local")),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            var("AWS_SECRET_ACCESS_KEY", "local"),
+        ),
+    ]
 }
 
 impl Drop for Server {

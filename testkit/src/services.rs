@@ -118,6 +118,7 @@ pub async fn sqs_client() -> aws_sdk_sqs::Client {
     feeds::queue::sqs::client(&SqsConfig {
         queue_url: String::new(),
         endpoint: Some(sqs_endpoint()),
+        dlq_url: None,
     })
     .await
 }

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use rusqlite::params;
 use tokio::sync::Notify;
 
-use super::{Consumer, Delivery, FanoutJob, Queue, QueueError, QueueMessage};
+use super::{
+    Consumer, DeadLetter, Delivery, FanoutJob, Queue, QueueAdmin, QueueDepths, QueueError,
+    QueueMessage,
+};
 use crate::store::sqlite::SqliteDb;
 
 const SCHEMA: &str = "
@@ -177,4 +180,75 @@ impl Consumer for EmbeddedQueue {
         let ids: Vec<String> = handled.iter().map(|d| d.receipt.clone()).collect();
         self.delete(&ids).await
     }
+}
+
+#[async_trait]
+impl QueueAdmin for EmbeddedQueue {
+    async fn depths(&self) -> Result<QueueDepths, QueueError> {
+        self.db
+            .run(|c| {
+                let now = now_ms();
+                let count = |sql: &str| c.query_row(sql, params![now], |r| r.get::<_, i64>(0));
+                let waiting = count("SELECT count(*) FROM fanout_queue WHERE visible_at_ms <= ?1")?;
+                let in_flight =
+                    count("SELECT count(*) FROM fanout_queue WHERE visible_at_ms > ?1")?;
+                let dead: i64 =
+                    c.query_row("SELECT count(*) FROM fanout_dead_letters", [], |r| r.get(0))?;
+                Ok(QueueDepths {
+                    waiting: waiting as u64,
+                    in_flight: in_flight as u64,
+                    dead: Some(dead as u64),
+                })
+            })
+            .await
+            .map_err(queue_error)
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.db
+            .run(move |c| read_dead_letters(c, max))
+            .await
+            .map_err(queue_error)
+    }
+
+    /// One transaction: every message moved is on the queue and off the table, or none is.
+    async fn redrive(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let moved = self
+            .db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                let letters = read_dead_letters(&tx, max)?;
+                let now = now_ms();
+                for letter in &letters {
+                    tx.execute(
+                        "INSERT INTO fanout_queue (body, visible_at_ms) VALUES (?1, ?2)",
+                        params![letter.body, now],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM fanout_dead_letters WHERE id = ?1",
+                        params![letter.id],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(letters)
+            })
+            .await
+            .map_err(queue_error)?;
+        self.notify.notify_one();
+        Ok(moved)
+    }
+}
+
+fn read_dead_letters(c: &rusqlite::Connection, max: usize) -> rusqlite::Result<Vec<DeadLetter>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, body, receives FROM fanout_dead_letters ORDER BY id LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![max as i64], |r| {
+        Ok(DeadLetter {
+            id: r.get::<_, i64>(0)?.to_string(),
+            body: r.get(1)?,
+            receives: Some(r.get::<_, i64>(2)?.max(0) as u64),
+        })
+    })?;
+    rows.collect()
 }

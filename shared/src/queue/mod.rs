@@ -49,3 +49,50 @@ pub trait Consumer: Send + Sync + 'static {
     /// Deletes handled messages; the others are redelivered after their visibility timeout.
     async fn acknowledge(&self, handled: &[Delivery]) -> Result<(), QueueError>;
 }
+
+/// How many messages a queue holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepths {
+    /// Visible (or delayed), waiting for a receiver.
+    pub waiting: u64,
+    /// Received and not yet deleted: being handled, or to be redelivered.
+    pub in_flight: u64,
+    /// Dead-lettered; `None` when no dead-letter queue is configured.
+    pub dead: Option<u64>,
+}
+
+/// A dead-lettered fan-out message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its id in the dead-letter queue.
+    pub id: String,
+    pub body: String,
+    /// How many times it was received before it was dead-lettered, when the queue knows.
+    pub receives: Option<u64>,
+}
+
+impl DeadLetter {
+    /// The job's kind (`deliver`, `backfill`...), or `unparsable`.
+    pub fn kind(&self) -> String {
+        #[derive(serde::Deserialize)]
+        struct Kind {
+            kind: String,
+        }
+        serde_json::from_str::<Kind>(&self.body)
+            .map(|k| k.kind)
+            .unwrap_or_else(|_| "unparsable".to_owned())
+    }
+}
+
+/// What operators see of a queue and do with it (`feeds-server admin`): its depths, and its
+/// dead letters, listed or moved back.
+#[async_trait]
+pub trait QueueAdmin: Send + Sync + 'static {
+    async fn depths(&self) -> Result<QueueDepths, QueueError>;
+    /// Up to `max` dead letters, oldest first where the queue orders them, left where they are.
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
+    /// Moves up to `max` dead letters back onto the queue, body (and attributes) unchanged; each
+    /// leaves the dead-letter queue only once it was sent, so an interruption may duplicate a
+    /// message (the fan-out's writes are idempotent) but never loses one. Answers those moved.
+    async fn redrive(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
+}

@@ -1,12 +1,19 @@
 //! Amazon SQS (or any SQS-compatible server, such as ElasticMQ) through `aws-sdk-sqs`.
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 
 use crate::settings::{Env, SettingsError};
 
-use super::{Consumer, Delivery, FanoutJob, Queue, QueueError, QueueMessage};
+use super::{
+    Consumer, DeadLetter, Delivery, FanoutJob, Queue, QueueAdmin, QueueDepths, QueueError,
+    QueueMessage,
+};
 
 /// SQS takes at most 10 messages per batch call.
 const SQS_BATCH: usize = 10;
@@ -16,10 +23,12 @@ pub struct SqsConfig {
     pub queue_url: String,
     /// An endpoint other than AWS's, for local servers such as ElasticMQ.
     pub endpoint: Option<String>,
+    /// The fan-out queue's dead-letter queue, for the operator's tools.
+    pub dlq_url: Option<String>,
 }
 
 impl SqsConfig {
-    /// `FEEDS_QUEUE_URL` (required) and `FEEDS_SQS_ENDPOINT` (optional).
+    /// `FEEDS_QUEUE_URL` (required), `FEEDS_SQS_ENDPOINT` and `FEEDS_DLQ_URL` (optional).
     pub fn read(env: &Env) -> Result<Self, SettingsError> {
         let queue_url = env.get("FEEDS_QUEUE_URL")?.ok_or_else(|| {
             SettingsError::new("FEEDS_QUEUE_URL", "must name the fan-out queue's URL")
@@ -27,6 +36,7 @@ impl SqsConfig {
         Ok(SqsConfig {
             queue_url,
             endpoint: env.get("FEEDS_SQS_ENDPOINT")?,
+            dlq_url: env.get("FEEDS_DLQ_URL")?,
         })
     }
 }
@@ -35,6 +45,7 @@ impl SqsConfig {
 pub struct SqsQueue {
     client: Client,
     queue_url: String,
+    dlq_url: Option<String>,
 }
 
 /// The one place an SQS client is built: region and credentials from the standard AWS chain, the
@@ -52,11 +63,22 @@ impl SqsQueue {
         SqsQueue {
             client,
             queue_url: queue_url.into(),
+            dlq_url: None,
         }
     }
 
+    /// The same queue, with `dlq_url` as its dead-letter queue.
+    pub fn with_dlq(mut self, dlq_url: impl Into<String>) -> Self {
+        self.dlq_url = Some(dlq_url.into());
+        self
+    }
+
     pub async fn from_config(cfg: &SqsConfig) -> Self {
-        SqsQueue::new(client(cfg).await, cfg.queue_url.clone())
+        let queue = SqsQueue::new(client(cfg).await, cfg.queue_url.clone());
+        match &cfg.dlq_url {
+            Some(url) => queue.with_dlq(url),
+            None => queue,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -201,5 +223,229 @@ impl Consumer for SqsQueue {
         } else {
             Err(QueueError(failed.join("; ")))
         }
+    }
+}
+
+/// How long the operator's tools hide the dead letters they took: a listing makes them visible
+/// again at once; a redrive deletes them once sent, or they come back after this.
+const DEAD_LETTER_HOLD_SECS: i32 = 60;
+
+fn sqs_error(call: &str, e: impl std::error::Error) -> QueueError {
+    QueueError(format!(
+        "SQS {call} failed: {}",
+        aws_sdk_sqs::error::DisplayErrorContext(e)
+    ))
+}
+
+impl SqsQueue {
+    fn dlq(&self) -> Result<&str, QueueError> {
+        self.dlq_url.as_deref().ok_or_else(|| {
+            QueueError("FEEDS_DLQ_URL is not set: no dead-letter queue to read".to_owned())
+        })
+    }
+
+    /// (waiting or delayed, in flight) messages of `url`.
+    async fn counts(&self, url: &str) -> Result<(u64, u64), QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| sqs_error("GetQueueAttributes", e))?;
+        let attributes = out.attributes.unwrap_or_default();
+        let n = |name: QueueAttributeName| -> u64 {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((
+            n(QueueAttributeName::ApproximateNumberOfMessages)
+                + n(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+            n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        ))
+    }
+
+    /// Takes up to `max` (at most 10) dead letters, hidden for [`DEAD_LETTER_HOLD_SECS`], with
+    /// their attributes.
+    async fn take_dead(&self, dlq: &str, max: usize) -> Result<Vec<Message>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
+            .visibility_timeout(DEAD_LETTER_HOLD_SECS)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
+            .send()
+            .await
+            .map_err(|e| sqs_error("ReceiveMessage", e))?;
+        Ok(out.messages.unwrap_or_default())
+    }
+}
+
+fn dead_letter(m: &Message) -> DeadLetter {
+    DeadLetter {
+        id: m.message_id.clone().unwrap_or_default(),
+        body: m.body.clone().unwrap_or_default(),
+        receives: None,
+    }
+}
+
+#[async_trait]
+impl QueueAdmin for SqsQueue {
+    async fn depths(&self) -> Result<QueueDepths, QueueError> {
+        let (waiting, in_flight) = self.counts(&self.queue_url).await?;
+        let dead = match &self.dlq_url {
+            Some(url) => {
+                let (waiting, in_flight) = self.counts(url).await?;
+                Some(waiting + in_flight)
+            }
+            None => None,
+        };
+        Ok(QueueDepths {
+            waiting,
+            in_flight,
+            dead,
+        })
+    }
+
+    /// Takes the messages out of sight (so that each is listed once), then makes them visible
+    /// again: only their receive counts change.
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let dlq = self.dlq()?;
+        let mut taken: Vec<Message> = Vec::new();
+        while taken.len() < max {
+            let got = self.take_dead(dlq, max - taken.len()).await?;
+            if got.is_empty() {
+                break;
+            }
+            taken.extend(got);
+        }
+        let listed = taken.iter().map(dead_letter).collect();
+        for batch in taken.chunks(SQS_BATCH) {
+            let entries = batch
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .set_receipt_handle(m.receipt_handle.clone())
+                        .visibility_timeout(0)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            self.client
+                .change_message_visibility_batch()
+                .queue_url(dlq)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sqs_error("ChangeMessageVisibilityBatch", e))?;
+        }
+        Ok(listed)
+    }
+
+    async fn redrive(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let dlq = self.dlq()?;
+        let mut moved = Vec::new();
+        while moved.len() < max {
+            let batch = self.take_dead(dlq, max - moved.len()).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let entries = batch
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let trace = m
+                        .attributes
+                        .as_ref()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader));
+                    let mut entry = SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .set_message_body(m.body.clone())
+                        .set_message_attributes(m.message_attributes.clone());
+                    if let Some(trace) = trace {
+                        let value = MessageSystemAttributeValue::builder()
+                            .data_type("String")
+                            .string_value(trace)
+                            .build()
+                            .map_err(|e| QueueError(format!("an SQS attribute: {e}")))?;
+                        entry = entry.message_system_attributes(
+                            MessageSystemAttributeNameForSends::AwsTraceHeader,
+                            value,
+                        );
+                    }
+                    entry
+                        .build()
+                        .map_err(|e| QueueError(format!("cannot build an SQS entry: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sqs_error("SendMessageBatch", e))?;
+            // Only what the queue accepted leaves the dead-letter queue; the rest is visible
+            // there again after the hold.
+            let sent: Vec<&Message> = out
+                .successful
+                .iter()
+                .filter_map(|ok| ok.id.parse::<usize>().ok())
+                .filter_map(|i| batch.get(i))
+                .collect();
+            let deletes = sent
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .set_receipt_handle(m.receipt_handle.clone())
+                        .build()
+                        .ok()
+                })
+                .collect::<Vec<_>>();
+            if !deletes.is_empty() {
+                let deleted = self
+                    .client
+                    .delete_message_batch()
+                    .queue_url(dlq)
+                    .set_entries(Some(deletes))
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error("DeleteMessageBatch", e))?;
+                if let Some(failed) = deleted.failed.first() {
+                    return Err(QueueError(format!(
+                        "moved {} messages, but {} of them are still in the dead-letter queue \
+                         (they will be moved again: a duplicate is harmless): {} {}",
+                        moved.len() + sent.len(),
+                        deleted.failed.len(),
+                        failed.code,
+                        failed.message.as_deref().unwrap_or("")
+                    )));
+                }
+            }
+            moved.extend(sent.into_iter().map(dead_letter));
+            if let Some(failed) = out.failed.first() {
+                return Err(QueueError(format!(
+                    "moved {} messages; the queue refused {} ({} {}), left in the dead-letter queue",
+                    moved.len(),
+                    out.failed.len(),
+                    failed.code,
+                    failed.message.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        Ok(moved)
     }
 }

@@ -118,6 +118,54 @@ pub struct NotificationMarks {
     pub unread: std::collections::HashSet<String>,
 }
 
+/// One side of the follow edges as a store keeps them: `following`, the edge itself, and
+/// `followers`, the copy the fan-out reads. A store with one row per edge has it on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeSide {
+    Following,
+    Followers,
+}
+
+impl EdgeSide {
+    pub fn name(self) -> &'static str {
+        match self {
+            EdgeSide::Following => "following",
+            EdgeSide::Followers => "followers",
+        }
+    }
+}
+
+/// How an edge's `followers` row stood against its `following` row, the edge itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeCheck {
+    /// They agree (always, in a store with one row per edge).
+    InStep,
+    /// The edge exists, and its `followers` row is missing or carries another time.
+    FollowerRowMissing,
+    /// A `followers` row of an edge that does not exist: never followed, or unfollowed.
+    FollowerRowStray,
+}
+
+/// What [`Store::census`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Census {
+    /// Users with a count above zero, as last counted.
+    Users,
+    /// Follow edges: the `following` side, unfollowed edges left out.
+    Edges,
+    /// Rows of the `followers` side: as many as the edges when both sides agree.
+    FollowerRows,
+    /// Stored activities.
+    Activities,
+}
+
+/// One page of a scan of a whole table, and where the next page starts (`None`: the scan is over).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanPage<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
 /// How far the clocks of two machines writing the same feed may disagree. A recomputed group is
 /// stored as of its scan's start minus this, so that a mark from a machine whose clock is behind
 /// still counts as later than the scan.
@@ -314,4 +362,40 @@ pub trait Store: Send + Sync + 'static {
         read: bool,
         at_us: i64,
     ) -> Result<(), StoreError>;
+
+    // The operator's tools (`feeds-server admin`): scans of whole tables, a page at a time.
+
+    /// One page of a whole side of the follow edges, as `(follower, followee)` in the table's
+    /// order, from `from` (a [`ScanPage::next`]) on; about `page` rows (a page may hold fewer and
+    /// still not be the last). Cassandra's `following` side includes the rows of unfollowed edges.
+    async fn scan_edges(
+        &self,
+        side: EdgeSide,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<ScanPage<(String, String)>, StoreError>;
+    /// How the `followers` row of `follower -> followee` stands against the edge, read in that
+    /// order (a `followers` row is never written before its edge, so one found without its edge
+    /// is not a follow in progress); with `repair`, writes or deletes the row as `follow` and
+    /// `unfollow` do, with their times, so that a follow or unfollow racing it still wins.
+    async fn check_edge(
+        &self,
+        follower: &str,
+        followee: &str,
+        repair: bool,
+    ) -> Result<EdgeCheck, StoreError>;
+    /// One page of every stored activity, in the table's order, from `from` on.
+    async fn scan_activities(
+        &self,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<ScanPage<Activity>, StoreError>;
+    /// How many of `what` one page of a scan holds, and where the next page starts (a store that
+    /// counts in one query answers the whole count and no next page).
+    async fn census(
+        &self,
+        what: Census,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<(u64, Option<String>), StoreError>;
 }

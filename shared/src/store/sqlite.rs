@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    Counted, DayRange, GroupRef, GroupSummary, GroupWrite, IdRange, NotificationMarks,
-    PulledFollowee, Store, StoreError, StoredGroup, TimelineEntry, UserCounts,
+    Census, Counted, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupSummary, GroupWrite, IdRange,
+    NotificationMarks, PulledFollowee, ScanPage, Store, StoreError, StoredGroup, TimelineEntry,
+    UserCounts,
 };
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 
@@ -1026,5 +1027,100 @@ impl Store for SqliteStore {
                 tx.commit()
             })
             .await
+    }
+
+    async fn scan_edges(
+        &self,
+        side: EdgeSide,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<ScanPage<(String, String)>, StoreError> {
+        // Keyset pages: the position is the last key, as a JSON pair.
+        let (a, b): (String, String) = match from {
+            None => Default::default(),
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                StoreError::Internal(format!("not a position of an edge scan: {text:?}: {e}"))
+            })?,
+        };
+        let sql = match side {
+            EdgeSide::Following => {
+                "SELECT follower, following FROM follows \
+                WHERE (follower, following) > (?1, ?2) ORDER BY follower, following LIMIT ?3"
+            }
+            EdgeSide::Followers => {
+                "SELECT follower, following FROM follows \
+                WHERE (following, follower) > (?1, ?2) ORDER BY following, follower LIMIT ?3"
+            }
+        };
+        let limit = page.max(1);
+        let items: Vec<(String, String)> = self
+            .db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(sql)?;
+                let rows =
+                    stmt.query_map(params![a, b, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        let next = match items.last() {
+            Some((follower, followee)) if items.len() == limit => {
+                let key = match side {
+                    EdgeSide::Following => (follower, followee),
+                    EdgeSide::Followers => (followee, follower),
+                };
+                Some(serde_json::to_string(&key).map_err(|e| StoreError::Internal(e.to_string()))?)
+            }
+            _ => None,
+        };
+        Ok(ScanPage { items, next })
+    }
+
+    /// One row per edge: its two sides cannot disagree.
+    async fn check_edge(&self, _: &str, _: &str, _: bool) -> Result<EdgeCheck, StoreError> {
+        Ok(EdgeCheck::InStep)
+    }
+
+    async fn scan_activities(
+        &self,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<ScanPage<Activity>, StoreError> {
+        let after = from.unwrap_or("").to_owned();
+        let limit = page.max(1);
+        let items: Vec<Activity> = self
+            .db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))?;
+                let rows = stmt.query_map(params![after, limit as i64], activity_from_row)?;
+                rows.collect()
+            })
+            .await?;
+        let next = (items.len() == limit)
+            .then(|| items.last().map(|a| a.id.clone()))
+            .flatten();
+        Ok(ScanPage { items, next })
+    }
+
+    async fn census(
+        &self,
+        what: Census,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let sql = match what {
+            Census::Users => {
+                "SELECT count(*) FROM user_counts \
+                WHERE followers > 0 OR following > 0 OR activities > 0"
+            }
+            Census::Edges | Census::FollowerRows => "SELECT count(*) FROM follows",
+            Census::Activities => "SELECT count(*) FROM activities",
+        };
+        let n: i64 = self
+            .db
+            .run(move |c| c.query_row(sql, [], |r| r.get(0)))
+            .await?;
+        Ok((n.max(0) as u64, None))
     }
 }

@@ -25,8 +25,9 @@ use super::tally::Tally;
 use super::CassandraConfig;
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 use crate::store::{
-    Counted, DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store,
-    StoreError, StoredGroup, TimelineEntry, UserCounts,
+    Census, Counted, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupWrite, IdRange,
+    NotificationMarks, PulledFollowee, ScanPage, Store, StoreError, StoredGroup, TimelineEntry,
+    UserCounts,
 };
 
 /// How many rows or writes are in flight at once for one `insert_timeline` / `delete_timeline`.
@@ -119,9 +120,22 @@ struct Statements {
     pulled_author_unmark: PreparedStatement,
 }
 
+/// The statements of the operator's tools (whole-table scans, an edge's `followers` row),
+/// prepared on first use: a function's cold start never prepares them.
+struct ScanStatements {
+    following: PreparedStatement,
+    followers: PreparedStatement,
+    activities: PreparedStatement,
+    activity_ids: PreparedStatement,
+    counts: PreparedStatement,
+    follower_row: PreparedStatement,
+}
+
 pub struct CassandraStore {
     session: LiveSession,
     st: Statements,
+    keyspace: String,
+    scans: tokio::sync::OnceCell<ScanStatements>,
     /// A foreign-id mapping whose activity is missing is taken over only when it is older than
     /// this: younger, the request that claimed it may still be writing the activity.
     claim_grace: Duration,
@@ -263,6 +277,8 @@ impl CassandraStore {
         Ok(CassandraStore {
             session: LiveSession::new(session, cfg),
             st,
+            keyspace: ks.to_owned(),
+            scans: tokio::sync::OnceCell::new(),
             claim_grace,
             tally: None,
         })
@@ -519,6 +535,90 @@ impl CassandraStore {
         self.execute(op, &self.st.activity_insert, activity_values(a))
             .await?;
         Ok(())
+    }
+
+    async fn scans(&self) -> Result<&ScanStatements, StoreError> {
+        self.scans
+            .get_or_try_init(|| async {
+                let session = self.session.current();
+                let (s, ks) = (session.as_ref(), &self.keyspace);
+                let st = tokio::try_join!(
+                    prepare(
+                        s,
+                        format!("SELECT user, followee, created_us FROM {ks}.following"),
+                        true
+                    ),
+                    prepare(
+                        s,
+                        format!("SELECT user, follower FROM {ks}.followers"),
+                        true
+                    ),
+                    prepare(
+                        s,
+                        format!("SELECT {ACTIVITY_COLUMNS} FROM {ks}.activities"),
+                        true
+                    ),
+                    prepare(s, format!("SELECT id FROM {ks}.activities"), true),
+                    prepare(
+                        s,
+                        format!("SELECT followers, following, activities FROM {ks}.user_counts"),
+                        true
+                    ),
+                    prepare(
+                        s,
+                        format!(
+                            "SELECT created_us FROM {ks}.followers WHERE user = ? AND follower = ?"
+                        ),
+                        true
+                    ),
+                )?;
+                Ok(ScanStatements {
+                    following: st.0,
+                    followers: st.1,
+                    activities: st.2,
+                    activity_ids: st.3,
+                    counts: st.4,
+                    follower_row: st.5,
+                })
+            })
+            .await
+    }
+
+    /// One page (at most `page` rows) of a whole-table scan, from `from` (the driver's paging
+    /// state, in base64), and where the next page starts.
+    async fn scan_page<R>(
+        &self,
+        op: &str,
+        statement: &PreparedStatement,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<(Vec<R>, Option<String>), StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        use base64::Engine;
+        let codec = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let paging = match from {
+            None => PagingState::start(),
+            Some(text) => PagingState::new_from_raw_bytes(codec.decode(text).map_err(|e| {
+                StoreError::Internal(format!("Cassandra {op}: not a scan position: {e}"))
+            })?),
+        };
+        let mut statement = statement.clone();
+        statement.set_page_size(i32::try_from(page.max(1)).unwrap_or(i32::MAX));
+        let (rows, next) = self.single_page(op, &statement, &(), &paging).await?;
+        let items = rows
+            .rows::<R>()
+            .map_err(|e| store_error(op, e))?
+            .collect::<Result<Vec<R>, _>>()
+            .map_err(|e| store_error(op, e))?;
+        let next = match next {
+            PagingStateResponse::HasMorePages { state } => {
+                state.as_bytes_slice().map(|bytes| codec.encode(bytes))
+            }
+            PagingStateResponse::NoMorePages => None,
+        };
+        Ok((items, next))
     }
 
     /// The `following` row of `follower -> user`, if there ever was one.
@@ -1302,6 +1402,143 @@ impl Store for CassandraStore {
             }
         };
         Ok(())
+    }
+
+    async fn scan_edges(
+        &self,
+        side: EdgeSide,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<ScanPage<(String, String)>, StoreError> {
+        let op = "scan_edges";
+        let scans = self.scans().await?;
+        let (items, next) = match side {
+            EdgeSide::Following => {
+                let (rows, next) = self
+                    .scan_page::<(String, String, i64)>(op, &scans.following, from, page)
+                    .await?;
+                let edges = rows.into_iter().map(|(user, followee, _)| (user, followee));
+                (edges.collect(), next)
+            }
+            EdgeSide::Followers => {
+                let (rows, next) = self
+                    .scan_page::<(String, String)>(op, &scans.followers, from, page)
+                    .await?;
+                let edges = rows.into_iter().map(|(user, follower)| (follower, user));
+                (edges.collect(), next)
+            }
+        };
+        Ok(ScanPage { items, next })
+    }
+
+    async fn check_edge(
+        &self,
+        follower: &str,
+        followee: &str,
+        repair: bool,
+    ) -> Result<EdgeCheck, StoreError> {
+        let op = "check_edge";
+        let scans = self.scans().await?;
+        // The copy first, then the edge: a follow writes them in the other order, so a copy
+        // found before its edge is read is not one a follow is writing.
+        let copy: Option<CreatedRow> = self
+            .get_row(op, &scans.follower_row, (followee, follower))
+            .await?;
+        let edge = self.edge(op, follower, followee).await?;
+        enum Fix {
+            Insert(i64),
+            Delete(i64),
+        }
+        let (check, fix) = match (edge, copy.map(|r| r.created_us)) {
+            (Some(EdgeState::Following(since)), Some(created)) if created == since => {
+                (EdgeCheck::InStep, None)
+            }
+            // As `follow` writes it: an unfollow's tombstone, one microsecond younger, still wins.
+            (Some(EdgeState::Following(since)), _) => {
+                (EdgeCheck::FollowerRowMissing, Some(Fix::Insert(since)))
+            }
+            // As `unfollow` deletes it: a later follow is younger than the tombstone.
+            (Some(EdgeState::Unfollowed { tombstone_us }), Some(_)) => {
+                (EdgeCheck::FollowerRowStray, Some(Fix::Delete(tombstone_us)))
+            }
+            // No edge was ever made: a tombstone just younger than the row, older than any
+            // follow that comes now.
+            (None, Some(created)) => (EdgeCheck::FollowerRowStray, Some(Fix::Delete(created + 1))),
+            (_, None) => (EdgeCheck::InStep, None),
+        };
+        match fix {
+            Some(Fix::Insert(since)) if repair => {
+                let values = (followee, follower, since, since);
+                self.execute(op, &self.st.follower_row_insert, values)
+                    .await?;
+            }
+            Some(Fix::Delete(at_us)) if repair => {
+                let values = (at_us, followee, follower);
+                self.execute(op, &self.st.follower_row_delete, values)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(check)
+    }
+
+    async fn scan_activities(
+        &self,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<ScanPage<Activity>, StoreError> {
+        let scans = self.scans().await?;
+        let (rows, next) = self
+            .scan_page::<ActivityRow>("scan_activities", &scans.activities, from, page)
+            .await?;
+        let items = rows
+            .into_iter()
+            .map(ActivityRow::into_activity)
+            .collect::<Result<_, _>>()?;
+        Ok(ScanPage { items, next })
+    }
+
+    async fn census(
+        &self,
+        what: Census,
+        from: Option<&str>,
+        page: usize,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let op = "census";
+        let scans = self.scans().await?;
+        let count = |n: usize| n as u64;
+        Ok(match what {
+            Census::Users => {
+                type Counts = (Option<i64>, Option<i64>, Option<i64>);
+                let (rows, next) = self
+                    .scan_page::<Counts>(op, &scans.counts, from, page)
+                    .await?;
+                let some = |n: Option<i64>| n.unwrap_or(0) > 0;
+                let users = rows
+                    .into_iter()
+                    .filter(|(a, b, c)| some(*a) || some(*b) || some(*c));
+                (count(users.count()), next)
+            }
+            Census::Edges => {
+                let (rows, next) = self
+                    .scan_page::<(String, String, i64)>(op, &scans.following, from, page)
+                    .await?;
+                // An unfollowed edge keeps its row, its time negated.
+                (count(rows.iter().filter(|r| r.2 > 0).count()), next)
+            }
+            Census::FollowerRows => {
+                let (rows, next) = self
+                    .scan_page::<(String, String)>(op, &scans.followers, from, page)
+                    .await?;
+                (count(rows.len()), next)
+            }
+            Census::Activities => {
+                let (rows, next) = self
+                    .scan_page::<IdRow>(op, &scans.activity_ids, from, page)
+                    .await?;
+                (count(rows.len()), next)
+            }
+        })
     }
 }
 
