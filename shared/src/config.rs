@@ -9,6 +9,7 @@ use crate::cursor::CursorCodec;
 use crate::fanout::{Fanout, FanoutSettings};
 use crate::http::App;
 use crate::limits::{Limiter, RateSettings};
+use crate::metrics::{self, MetricsSettings};
 use crate::queue::embedded::EmbeddedQueue;
 #[cfg(feature = "aws")]
 use crate::queue::sqs::{SqsConfig, SqsQueue};
@@ -40,6 +41,7 @@ pub struct Settings {
     /// `FEEDS_EXIT_ON_STDIN_EOF`: the standalone server stops when its standard input closes.
     pub exit_on_stdin_eof: bool,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
 }
 
 /// Which store, and its settings.
@@ -69,17 +71,21 @@ pub enum QueueSettings {
 }
 
 /// How logs are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
-    /// `FEEDS_LOG_FORMAT=json|text`; `None`: text on a terminal, JSON elsewhere.
+    /// `FEEDS_LOG_FORMAT=json|text`, else JSON under Lambda's JSON log format
+    /// (`AWS_LAMBDA_LOG_FORMAT=JSON`); `None`: text on a terminal, JSON elsewhere.
     pub text: Option<bool>,
     /// Running in Lambda (`AWS_LAMBDA_FUNCTION_NAME` is set), which stamps each line itself.
     pub in_lambda: bool,
+    /// The filter: `RUST_LOG`, else Lambda's application log level (`AWS_LAMBDA_LOG_LEVEL`, set
+    /// by the function's `LoggingConfig`), else `info`.
+    pub filter: String,
 }
 
 impl LogSettings {
     pub fn read(env: &Env) -> Result<Self, SettingsError> {
         let text = match env.get("FEEDS_LOG_FORMAT")?.as_deref() {
-            None => None,
             Some("text") => Some(true),
             Some("json") => Some(false),
             Some(other) => {
@@ -89,20 +95,34 @@ impl LogSettings {
                     other,
                 ))
             }
+            None => env
+                .get("AWS_LAMBDA_LOG_FORMAT")?
+                .filter(|f| f.eq_ignore_ascii_case("json"))
+                .map(|_| false),
+        };
+        let filter = match (env.get("RUST_LOG")?, env.get("AWS_LAMBDA_LOG_LEVEL")?) {
+            (Some(filter), _) => filter,
+            // Lambda's levels are tracing's, and FATAL: the worst there is.
+            (None, Some(level)) if level.eq_ignore_ascii_case("fatal") => "error".to_owned(),
+            (None, Some(level)) => level.to_ascii_lowercase(),
+            (None, None) => "info".to_owned(),
         };
         Ok(LogSettings {
             text,
             in_lambda: env.get("AWS_LAMBDA_FUNCTION_NAME")?.is_some(),
+            filter,
         })
     }
 }
 
 /// The start of every process: logging first (so that reading the settings can warn), then the
-/// settings, from the process environment.
+/// settings, from the process environment, and the metrics they ask for.
 pub fn start(defaults: Defaults) -> Result<Settings, SettingsError> {
     let env = Env::process();
     init_tracing(&LogSettings::read(&env)?);
-    Settings::read(&env, defaults)
+    let settings = Settings::read(&env, defaults)?;
+    metrics::init(&settings.metrics);
+    Ok(settings)
 }
 
 /// The store and queue used when `FEEDS_STORE` / `FEEDS_QUEUE` are unset.
@@ -166,6 +186,13 @@ impl Settings {
                 ))
             }
         };
+        let fanout_defaults = FanoutSettings::default();
+        // The embedded queue's own limit; for SQS, its redrive policy's, which the fan-out must know.
+        let max_receives = env.parse_or(
+            "FEEDS_QUEUE_MAX_RECEIVES",
+            "a whole number",
+            fanout_defaults.max_receives,
+        )?;
         let queue = match sqs {
             false => QueueSettings::Embedded {
                 visibility: Duration::from_secs(env.parse_or(
@@ -173,7 +200,7 @@ impl Settings {
                     "whole seconds",
                     30,
                 )?),
-                max_receives: env.parse_or("FEEDS_QUEUE_MAX_RECEIVES", "a whole number", 5)?,
+                max_receives,
             },
             #[cfg(feature = "aws")]
             true => QueueSettings::Sqs(SqsConfig::read(env)?),
@@ -185,7 +212,6 @@ impl Settings {
                 ))
             }
         };
-        let fanout_defaults = FanoutSettings::default();
         let fanout = FanoutSettings {
             chunk_size: env
                 .parse_or(
@@ -222,6 +248,7 @@ impl Settings {
                 "a whole number",
                 fanout_defaults.pull_threshold,
             )?,
+            max_receives,
         };
         let rate_defaults = RateSettings::default();
         let rates = RateSettings {
@@ -242,6 +269,7 @@ impl Settings {
             bind: env.string_or("FEEDS_BIND", "127.0.0.1:3000")?,
             exit_on_stdin_eof: env.flag("FEEDS_EXIT_ON_STDIN_EOF")?.unwrap_or(false),
             log: LogSettings::read(env)?,
+            metrics: MetricsSettings::read(env)?,
         })
     }
 }
@@ -343,11 +371,13 @@ pub fn app(settings: &Settings, backends: &Backends) -> Result<App, SettingsErro
 }
 
 /// Structured logs: JSON (for CloudWatch and log pipelines) unless standard error is a terminal, or
-/// as [`LogSettings`] says. `RUST_LOG` filters.
+/// as [`LogSettings`] says, filtered as it says.
 pub fn init_tracing(log: &LogSettings) {
     use std::io::IsTerminal;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let (filter, bad_filter) = match tracing_subscriber::EnvFilter::try_new(&log.filter) {
+        Ok(filter) => (filter, None),
+        Err(e) => ("info".into(), Some(e)),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -367,6 +397,9 @@ pub fn init_tracing(log: &LogSettings) {
             .flatten_event(true)
             .try_init(),
     };
+    if let Some(e) = bad_filter {
+        tracing::warn!(filter = %log.filter, error = %e, "the log filter does not parse; logging at info");
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +427,45 @@ mod tests {
             assert_eq!(e.variable, name);
             assert!(e.message.contains(value), "{e}");
         }
+    }
+
+    #[test]
+    fn logs_follow_lambdas_logging_config_unless_told_otherwise() {
+        let read = |pairs: &[(&str, &str)]| {
+            LogSettings::read(&Env::from_pairs(pairs.iter().copied())).unwrap()
+        };
+        let plain = read(&[]);
+        assert_eq!((plain.text, plain.filter.as_str()), (None, "info"));
+        let lambda = read(&[
+            ("AWS_LAMBDA_FUNCTION_NAME", "fanout"),
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+            ("AWS_LAMBDA_LOG_LEVEL", "DEBUG"),
+        ]);
+        assert_eq!(
+            lambda,
+            LogSettings {
+                text: Some(false),
+                in_lambda: true,
+                filter: "debug".into()
+            }
+        );
+        assert_eq!(read(&[("AWS_LAMBDA_LOG_LEVEL", "FATAL")]).filter, "error");
+        assert_eq!(read(&[("AWS_LAMBDA_LOG_FORMAT", "Text")]).text, None);
+        let told = read(&[
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+            ("AWS_LAMBDA_LOG_LEVEL", "DEBUG"),
+            ("FEEDS_LOG_FORMAT", "text"),
+            ("RUST_LOG", "warn,feeds=trace"),
+        ]);
+        assert_eq!(
+            (told.text, told.filter.as_str()),
+            (Some(true), "warn,feeds=trace")
+        );
+        // CloudFormation passes an unused parameter as "": RUST_LOG unset.
+        assert_eq!(
+            read(&[("RUST_LOG", ""), ("AWS_LAMBDA_LOG_LEVEL", "WARN")]).filter,
+            "warn"
+        );
     }
 
     #[cfg(feature = "aws")]

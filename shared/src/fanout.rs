@@ -10,11 +10,13 @@ use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
 use crate::aggregate::{self, Grouping};
+use crate::metrics;
 use crate::model::Activity;
 use crate::notify;
 use crate::queue::{Consumer, EraseStage, FanoutJob, Queue, QueueError, QueueMessage};
 use crate::realtime::{self, Events};
 use crate::store::{Counted, DayRange, IdRange, Store, StoreError, TimelineEntry};
+use crate::trace;
 use crate::update;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub struct FanoutSettings {
     /// An actor with more followers than this is a pulled author: what it posts from then on is
     /// merged into its followers' feeds when they read, not copied into them.
     pub pull_threshold: usize,
+    /// Receives after which the queue dead-letters a message (SQS's `maxReceiveCount`): a message
+    /// that fails at this receive is counted as dead-lettered.
+    pub max_receives: u32,
 }
 
 impl Default for FanoutSettings {
@@ -50,6 +55,7 @@ impl Default for FanoutSettings {
             grouping: Grouping::default(),
             max_length: 1000,
             pull_threshold: 10_000,
+            max_receives: 5,
         }
     }
 }
@@ -65,6 +71,16 @@ impl FanoutSettings {
 
 /// Items an erasure message handles at most.
 const ERASE_CHUNK: usize = 100;
+
+/// What one message did, for its log line and its metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// Feed rows written, rewritten or removed.
+    pub rows: usize,
+    /// A delivery's chunk that read the end of the follower list: the post is then in every
+    /// follower's feed, or is being written by the chunks still running.
+    pub delivered: bool,
+}
 
 #[derive(Clone)]
 pub struct Fanout {
@@ -138,8 +154,9 @@ impl Fanout {
 
     /// Runs one job: writes its chunk, and enqueues the next chunk first so that chunks of a large
     /// follower list proceed in parallel.
-    pub async fn run(&self, job: &FanoutJob) -> Result<(), FanoutError> {
+    pub async fn run(&self, job: &FanoutJob) -> Result<Chunk, FanoutError> {
         let chunk = self.settings.chunk_size;
+        let mut done = Chunk::default();
         match job {
             FanoutJob::Deliver {
                 activity_id,
@@ -156,19 +173,20 @@ impl Fanout {
                     // A pulled activity is in no timeline (backfills copy none): one delete.
                     if self.store.get_pulled(actor, activity_id).await?.is_some() {
                         self.store.delete_pulled(actor, activity_id).await?;
-                        return Ok(());
+                        return Ok(done);
                     }
                 }
                 let activity = if deliver {
                     match self.store.get_activity(activity_id).await? {
                         Some(a) => Some(a),
                         // Deleted before its fan-out ran: nothing to deliver.
-                        None => return Ok(()),
+                        None => return Ok(done),
                     }
                 } else {
                     None
                 };
                 let followers = self.store.followers(actor, after.as_deref(), chunk).await?;
+                done.delivered = deliver && followers.len() < chunk;
                 if followers.len() == chunk {
                     let next = followers.last().map(|r| r.user.clone());
                     let job = match job {
@@ -196,6 +214,7 @@ impl Fanout {
                             })
                             .collect();
                         self.add(&entries).await?;
+                        done.rows = entries.len();
                         self.purge_unfollowed(actor, after.as_deref(), owners)
                             .await?;
                     }
@@ -206,13 +225,14 @@ impl Fanout {
                             .collect();
                         let present = self.store.timeline_entries(&rows).await?;
                         self.remove(&present).await?;
+                        done.rows = present.len();
                     }
                 }
             }
             FanoutJob::Backfill { follower, followee } => {
                 // An unfollow that overtook this job wins: the final feed agrees with the final edge.
                 if !self.store.is_following(follower, followee).await? {
-                    return Ok(());
+                    return Ok(done);
                 }
                 let limit = self.settings.backfill_limit;
                 let recent = self
@@ -251,6 +271,7 @@ impl Fanout {
                     }
                 }
                 self.add(&entries).await?;
+                done.rows = entries.len();
                 if pulled_author {
                     self.store
                         .put_pulled_followee(follower, followee, floor.as_deref())
@@ -275,7 +296,7 @@ impl Fanout {
                 before,
             } => {
                 if self.store.is_following(follower, followee).await? {
-                    return Ok(());
+                    return Ok(done);
                 }
                 let pulled_rows = before.is_none()
                     && self
@@ -316,6 +337,7 @@ impl Fanout {
                     })
                     .collect();
                 self.remove(&rows).await?;
+                done.rows = rows.len();
                 // A follow again whose backfill ran between the check above and this delete lost
                 // its rows: backfill again.
                 let removed = !rows.is_empty() || pulled_rows;
@@ -331,7 +353,7 @@ impl Fanout {
             FanoutJob::Notify { activity_id, from } => {
                 // Deleted before its delivery ran: nothing to deliver.
                 let Some(activity) = self.store.get_activity(activity_id).await? else {
-                    return Ok(());
+                    return Ok(done);
                 };
                 let users = notify::recipients(&activity);
                 let end = from.saturating_add(chunk).min(users.len());
@@ -344,10 +366,11 @@ impl Fanout {
                         .await?;
                 }
                 let Some(users) = users.get(*from..end) else {
-                    return Ok(());
+                    return Ok(done);
                 };
                 let store = self.store.as_ref();
                 let entries = notify::prepare_delivery(store, &activity, users).await?;
+                done.rows = entries.len();
                 for (owner, cut_day) in self.add_to(&entries, notify::GROUPING).await? {
                     notify::prune(store, &owner, cut_day, true).await?;
                 }
@@ -356,7 +379,7 @@ impl Fanout {
             }
             FanoutJob::Erase { user, stage } => self.erase(user, *stage).await?,
             FanoutJob::Update { activity_id, after } => {
-                self.update(activity_id, after.as_deref()).await?
+                done.rows = self.update(activity_id, after.as_deref()).await?
             }
             FanoutJob::Unnotify {
                 activity_id,
@@ -372,6 +395,7 @@ impl Fanout {
                 let present = store.timeline_entries(&rows).await?;
                 aggregate::remove_rows(store, notify::GROUPING, &present).await?;
                 self.publish_rows(&present, true);
+                done.rows = present.len();
                 // Also where the row was gone already: a first attempt may have stopped after
                 // removing it.
                 if let Some(day) = notify::day_of_group(group) {
@@ -411,12 +435,12 @@ impl Fanout {
                 let writes = owners
                     .iter()
                     .map(|owner| self.store.put_pulled_followee(owner, author, None));
-                futures::future::try_join_all(writes).await?;
+                done.rows = futures::future::try_join_all(writes).await?.len();
                 self.purge_unfollowed(author, after.as_deref(), owners)
                     .await?;
             }
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Writes timeline rows and marks their groups (`aggregate::insert_rows`), then trims.
@@ -507,11 +531,12 @@ impl Fanout {
     /// it changed. Only rows that exist are rewritten. A row removed in between may come back
     /// whole: an unfollower's is purged again, and an activity deleted in between is removed
     /// again from everything this wrote.
-    async fn update(&self, activity_id: &str, after: Option<&str>) -> Result<(), FanoutError> {
+    /// Answers the rows it rewrote, or removed again.
+    async fn update(&self, activity_id: &str, after: Option<&str>) -> Result<usize, FanoutError> {
         let store = self.store.as_ref();
         let Some((mut current, _)) = store.get_versioned(activity_id).await? else {
             // Deleted: its removal takes every copy away.
-            return Ok(());
+            return Ok(0);
         };
         let actor = current.actor.clone();
         let first = after.is_none();
@@ -584,12 +609,14 @@ impl Fanout {
                             }])
                             .await?;
                     }
-                    return Ok(());
+                    return Ok(timeline.len());
                 }
             }
         }
+        let rows = timeline.len() + notified.len();
         let written = timeline.into_iter().map(|e| e.owner).collect();
-        self.purge_unfollowed(&actor, after, written).await
+        self.purge_unfollowed(&actor, after, written).await?;
+        Ok(rows)
     }
 
     /// One chunk of `user`'s erasure. Each stage reads its first page again, since what it handled
@@ -721,35 +748,63 @@ impl Fanout {
         Ok(())
     }
 
-    /// Runs one raw message.
+    /// Runs one raw message, and logs and measures what it did.
     pub async fn run_message(&self, body: &str) -> Result<(), FanoutError> {
         let job = FanoutJob::decode(body).map_err(|e| FanoutError::Unparsable(e.to_string()))?;
-        self.run(&job).await
+        let done = self.run(&job).await?;
+        // From the post's request to the end of the chunk that ended its delivery.
+        let lag = done
+            .delivered
+            .then(|| trace::current().and_then(|t| t.age_ms()))
+            .flatten()
+            .map(|ms| Duration::from_millis(ms as u64));
+        let lag_ms = lag.map(|l| l.as_millis() as u64);
+        tracing::info!(
+            kind = job.kind(),
+            activity_id = job.activity_id(),
+            rows = done.rows,
+            lag_ms,
+            "fan-out message done"
+        );
+        metrics::fanout_chunk(job.kind(), done.rows, lag);
+        Ok(())
     }
 
-    /// Runs a batch concurrently, each message in its own span; answers the ids of the messages that
-    /// failed, so that only they are redelivered.
+    /// Runs a batch concurrently, each message within the trace it carries (a new one when it
+    /// carries none) and in its own span; answers the ids of the messages that failed, so that only
+    /// they are redelivered.
     pub async fn run_batch(&self, messages: &[QueueMessage]) -> Vec<String> {
         // Boxed so the stream's futures are `Send` for any lifetime (spawned workers need it).
         let jobs: Vec<BoxFuture<'_, Option<String>>> = messages
             .iter()
             .map(|m| {
-                let span = tracing::info_span!("fanout_message", message_id = %m.id);
-                async move {
-                    match self.run_message(&m.body).await {
-                        Ok(()) => None,
-                        Err(e) => {
-                            tracing::error!(message_id = %m.id, error = %e, "fan-out message failed");
-                            Some(m.id.clone())
-                        }
-                    }
-                }
-                .instrument(span)
-                .boxed()
+                let work = async move {
+                    // Made inside the trace's span, so that it is its child.
+                    let span = tracing::info_span!("fanout_message", message_id = %m.id);
+                    self.run_reporting(m).instrument(span).await
+                };
+                trace::within(m.trace.start(), work).boxed()
             })
             .collect();
         let results: Vec<Option<String>> = stream::iter(jobs).buffer_unordered(16).collect().await;
         results.into_iter().flatten().collect()
+    }
+
+    /// Runs `m`; answers its id when it failed, and counts it when the queue dead-letters it.
+    async fn run_reporting(&self, m: &QueueMessage) -> Option<String> {
+        let e = self.run_message(&m.body).await.err()?;
+        let last = m.receives >= self.settings.max_receives;
+        tracing::error!(
+            message_id = %m.id,
+            receives = m.receives,
+            dead_lettered = last,
+            error = %e,
+            "fan-out message failed"
+        );
+        if last {
+            metrics::dead_lettered(&m.id);
+        }
+        Some(m.id.clone())
     }
 
     /// Works a queue in-process until `shutdown` resolves: receives, runs each batch, and

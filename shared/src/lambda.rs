@@ -1,21 +1,44 @@
 //! The Lambda entry points: each function's `main` is one call to these. The SQS event adapter of
 //! the fan-out function lives here too, beside the other Lambda entry code.
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use axum::extract::Request;
+use lambda_http::request::RequestContext;
+use lambda_http::RequestExt;
 use lambda_runtime::{service_fn, LambdaEvent};
 
 use crate::config::{self, Backends, Defaults};
 use crate::fanout::Fanout;
 use crate::http::{router, Routes};
-use crate::queue::QueueMessage;
+use crate::queue::{sqs, QueueMessage};
+use crate::trace::Carrier;
 use crate::BoxError;
 
 /// Serves `routes` through API Gateway's HTTP API events; clients are built once, before the first event.
 pub async fn run_http(routes: Routes) -> Result<(), BoxError> {
     let settings = config::start(Defaults::AWS)?;
     let backends = Backends::open(&settings).await?;
-    let app = router(config::app(&settings, &backends)?, routes);
+    let app = router(config::app(&settings, &backends)?, routes)
+        .layer(axum::middleware::map_request(with_aws_trace));
     lambda_http::run(app).await
+}
+
+/// Hands the router's trace layer what Lambda knows of the request: API Gateway's request id and
+/// the invocation's X-Ray trace header (`Tracing: Active`).
+async fn with_aws_trace(mut request: Request) -> Request {
+    let request_id = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.request_id.clone(),
+        _ => None,
+    };
+    let aws_trace_header = request
+        .lambda_context_ref()
+        .and_then(|context| context.xray_trace_id.clone());
+    request.extensions_mut().insert(Carrier {
+        request_id,
+        aws_trace_header,
+        ..Default::default()
+    });
+    request
 }
 
 /// Runs the SQS-triggered fan-out function, answering partial batch failures.
@@ -32,14 +55,7 @@ pub async fn run_fanout() -> Result<(), BoxError> {
 /// The fan-out function's body: an SQS event in, the ids of the messages that failed out, so that
 /// only they are redelivered (`ReportBatchItemFailures`).
 pub async fn handle_sqs_event(fanout: &Fanout, event: SqsEvent) -> SqsBatchResponse {
-    let messages: Vec<QueueMessage> = event
-        .records
-        .into_iter()
-        .map(|r| QueueMessage {
-            id: r.message_id.unwrap_or_default(),
-            body: r.body.unwrap_or_default(),
-        })
-        .collect();
+    let messages: Vec<QueueMessage> = event.records.into_iter().map(queue_message).collect();
     let failed = fanout.run_batch(&messages).await;
     tracing::info!(
         received = messages.len(),
@@ -56,4 +72,83 @@ pub async fn handle_sqs_event(fanout: &Fanout, event: SqsEvent) -> SqsBatchRespo
         })
         .collect();
     response
+}
+
+/// A record of Lambda's SQS event as a queue message: its system attributes (`AWSTraceHeader`,
+/// `ApproximateReceiveCount`) and message attributes give its trace and receive count.
+pub fn queue_message(record: SqsMessage) -> QueueMessage {
+    let trace = sqs::carrier(
+        record
+            .attributes
+            .get(sqs::AWS_TRACE_HEADER)
+            .map(String::as_str),
+        |name| {
+            record
+                .message_attributes
+                .get(name)
+                .and_then(|a| a.string_value.clone())
+        },
+    );
+    let receives = record
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    QueueMessage {
+        id: record.message_id.unwrap_or_default(),
+        body: record.body.unwrap_or_default(),
+        trace,
+        receives,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sqs_event_record_gives_the_trace_its_attributes_carry() {
+        // A record as Lambda's event source mapping delivers it.
+        let record: SqsMessage = serde_json::from_value(serde_json::json!({
+            "messageId": "m-1", "receiptHandle": "r", "body": "{}",
+            "attributes": {
+                "ApproximateReceiveCount": "5",
+                "SentTimestamp": "1796000000000",
+                "AWSTraceHeader": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+            },
+            "messageAttributes": {
+                "traceparent": {"stringValue": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                                "stringListValues": [], "binaryListValues": [], "dataType": "String"},
+                "request_id": {"stringValue": "req-9", "stringListValues": [], "binaryListValues": [],
+                               "dataType": "String"},
+                "origin_ms": {"stringValue": "1796000000000", "stringListValues": [],
+                              "binaryListValues": [], "dataType": "Number"}
+            },
+            "md5OfBody": "", "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:fanout", "awsRegion": "us-east-1"
+        }))
+        .unwrap();
+        let message = queue_message(record);
+        assert_eq!((message.id.as_str(), message.receives), ("m-1", 5));
+        assert_eq!(
+            message.trace,
+            Carrier {
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+                aws_trace_header: Some(
+                    "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+                        .into()
+                ),
+                request_id: Some("req-9".into()),
+                origin_ms: Some(1_796_000_000_000),
+            }
+        );
+        let context = message.trace.start();
+        assert_eq!(context.trace_id, "0af7651916cd43dd8448eb211c80319c");
+
+        // A message of an earlier release: no attributes, nothing carried.
+        let bare: SqsMessage =
+            serde_json::from_value(serde_json::json!({"messageId": "m-2", "body": "{}"})).unwrap();
+        let message = queue_message(bare);
+        assert_eq!((message.trace, message.receives), (Carrier::default(), 1));
+    }
 }

@@ -380,7 +380,9 @@ impl Setup {
     ) -> (tokio::task::JoinHandle<()>, oneshot::Sender<()>) {
         let (reached, release) = self.store.arm(op);
         let fanout = self.fanout.clone();
-        let task = tokio::spawn(async move { fanout.run(&job).await.unwrap() });
+        let task = tokio::spawn(async move {
+            fanout.run(&job).await.unwrap();
+        });
         reached.await.expect("the job reaches the gate");
         (task, release)
     }

@@ -14,10 +14,11 @@ use feeds::config::{Backends, Defaults, Settings};
 use feeds::fanout::Fanout;
 use feeds::http::App;
 use feeds::queue::embedded::EmbeddedQueue;
-use feeds::queue::sqs::{SqsConfig, SqsQueue};
+use feeds::queue::sqs::{self, SqsConfig, SqsQueue};
 use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig, CassandraStore};
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
+use feeds::trace::Carrier;
 use serde_json::json;
 
 use crate::unique;
@@ -285,12 +286,15 @@ pub async fn depth(queue: &SqsQueue) -> (u64, u64, u64) {
     )
 }
 
-/// A message as the consumer saw it: id, receipt handle, body.
+/// A message as the consumer saw it: id, receipt handle, body, the trace its attributes carry and
+/// its receive count.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub id: String,
     pub receipt: String,
     pub body: String,
+    pub trace: Carrier,
+    pub receives: u32,
 }
 
 /// Receives up to 10 messages, long-polling up to `wait_seconds`.
@@ -304,19 +308,39 @@ pub async fn receive(queue: &SqsQueue, wait_seconds: i32) -> Vec<Received> {
             id: d.message.id,
             receipt: d.receipt,
             body: d.message.body,
+            trace: d.message.trace,
+            receives: d.message.receives,
         })
         .collect()
 }
 
-/// The event Lambda's SQS event source builds from `messages`.
+/// The event Lambda's SQS event source builds from `messages`, with their system attributes and
+/// message attributes.
 pub fn sqs_event(messages: &[Received]) -> SqsEvent {
     let records: Vec<serde_json::Value> = messages
         .iter()
         .map(|m| {
+            let mut attributes = json!({
+                "ApproximateReceiveCount": m.receives.to_string(), "SentTimestamp": "1795946400150",
+            });
+            if let Some(header) = &m.trace.aws_trace_header {
+                attributes[sqs::AWS_TRACE_HEADER] = json!(header);
+            }
+            let mut message_attributes = serde_json::Map::new();
+            let mut attribute = |name: &str, data_type: &str, value: Option<String>| {
+                if let Some(value) = value {
+                    let attribute = json!({"stringValue": value, "stringListValues": [],
+                        "binaryListValues": [], "dataType": data_type});
+                    message_attributes.insert(name.to_owned(), attribute);
+                }
+            };
+            attribute(sqs::TRACEPARENT, "String", m.trace.traceparent.clone());
+            attribute(sqs::REQUEST_ID, "String", m.trace.request_id.clone());
+            attribute(sqs::ORIGIN_MS, "Number", m.trace.origin_ms.map(|o| o.to_string()));
             json!({
                 "messageId": m.id, "receiptHandle": m.receipt, "body": m.body,
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795946400150"},
-                "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                "attributes": attributes, "messageAttributes": message_attributes,
+                "md5OfBody": "", "eventSource": "aws:sqs",
                 "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:fanout", "awsRegion": "us-east-1"
             })
         })

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
@@ -16,6 +16,7 @@ use crate::service::Feeds;
 pub mod error;
 mod extract;
 mod handlers;
+mod observe;
 
 pub use error::ApiError;
 pub use extract::MAX_BODY_BYTES;
@@ -64,12 +65,22 @@ pub fn router(app: App, routes: Routes) -> Router {
             authed(delete(delete_activity).patch(update_activity)),
         );
     }
+    // A feed read is timed from before its authentication.
+    let feed = |name: &'static str, m: MethodRouter<App>| {
+        authed(m).route_layer(from_fn_with_state(name, observe::timed))
+    };
     if all || routes == Routes::GetFeed {
         r = r
-            .route("/feeds/flat", authed(get(flat_feed)))
-            .route("/feeds/aggregated", authed(get(aggregated_feed)))
-            .route("/feeds/user/{user}", authed(get(user_feed)))
-            .route("/feeds/notification", authed(get(notification_feed)))
+            .route("/feeds/flat", feed("flat", get(flat_feed)))
+            .route(
+                "/feeds/aggregated",
+                feed("aggregated", get(aggregated_feed)),
+            )
+            .route("/feeds/user/{user}", feed("user", get(user_feed)))
+            .route(
+                "/feeds/notification",
+                feed("notification", get(notification_feed)),
+            )
             .route("/feeds/notification/seen", authed(post(mark_seen)))
             .route("/feeds/notification/read", authed(post(mark_read)))
             .route("/users/{user}", authed(get(user_counts)))
@@ -78,5 +89,6 @@ pub fn router(app: App, routes: Routes) -> Router {
     }
     r.fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(from_fn(observe::traced))
         .with_state(app)
 }

@@ -13,16 +13,25 @@ use super::{
     Consumer, DeadLetter, Delivery, FanoutJob, Queue, QueueAdmin, QueueDepths, QueueError,
     QueueMessage,
 };
-use crate::store::sqlite::SqliteDb;
+use crate::store::sqlite::{add_columns, SqliteDb};
+use crate::trace::Carrier;
 
+/// `trace`: the message's trace as JSON ([`Carrier`]), or null.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS fanout_queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL,
-    visible_at_ms INTEGER NOT NULL, receives INTEGER NOT NULL DEFAULT 0);
+    visible_at_ms INTEGER NOT NULL, receives INTEGER NOT NULL DEFAULT 0, trace TEXT);
 CREATE INDEX IF NOT EXISTS fanout_queue_visible ON fanout_queue (visible_at_ms);
 CREATE TABLE IF NOT EXISTS fanout_dead_letters (
-    id INTEGER PRIMARY KEY, body TEXT NOT NULL, receives INTEGER NOT NULL, dead_at_ms INTEGER NOT NULL);
+    id INTEGER PRIMARY KEY, body TEXT NOT NULL, receives INTEGER NOT NULL, dead_at_ms INTEGER NOT NULL,
+    trace TEXT);
 ";
+
+/// Columns added after the queue's first release.
+const ADDED_COLUMNS: [(&str, &str); 2] = [
+    ("fanout_queue", "trace TEXT"),
+    ("fanout_dead_letters", "trace TEXT"),
+];
 
 #[derive(Clone)]
 pub struct EmbeddedQueue {
@@ -46,9 +55,12 @@ impl EmbeddedQueue {
         visibility: Duration,
         max_receives: u32,
     ) -> Result<Self, QueueError> {
-        db.run(|c| c.execute_batch(SCHEMA))
-            .await
-            .map_err(queue_error)?;
+        db.run(|c| {
+            c.execute_batch(SCHEMA)?;
+            add_columns(c, &ADDED_COLUMNS)
+        })
+        .await
+        .map_err(queue_error)?;
         Ok(EmbeddedQueue {
             db,
             notify: Arc::new(Notify::new()),
@@ -72,8 +84,8 @@ impl EmbeddedQueue {
                 let tx = c.transaction()?;
                 let now = now_ms();
                 tx.execute(
-                    "INSERT INTO fanout_dead_letters (id, body, receives, dead_at_ms)
-                     SELECT id, body, receives, ?1 FROM fanout_queue WHERE visible_at_ms <= ?1 AND receives >= ?2",
+                    "INSERT INTO fanout_dead_letters (id, body, receives, dead_at_ms, trace)
+                     SELECT id, body, receives, ?1, trace FROM fanout_queue WHERE visible_at_ms <= ?1 AND receives >= ?2",
                     params![now, max_receives],
                 )?;
                 tx.execute("DELETE FROM fanout_queue WHERE visible_at_ms <= ?1 AND receives >= ?2", params![now, max_receives])?;
@@ -81,10 +93,17 @@ impl EmbeddedQueue {
                     let mut stmt = tx.prepare_cached(
                         "UPDATE fanout_queue SET visible_at_ms = ?1, receives = receives + 1
                          WHERE id IN (SELECT id FROM fanout_queue WHERE visible_at_ms <= ?2 ORDER BY id LIMIT ?3)
-                         RETURNING id, body",
+                         RETURNING id, body, trace, receives",
                     )?;
                     let rows = stmt.query_map(params![now + visibility_ms, now, max as i64], |r| {
-                        Ok(QueueMessage { id: r.get::<_, i64>(0)?.to_string(), body: r.get(1)? })
+                        let trace: Option<String> = r.get(2)?;
+                        Ok(QueueMessage {
+                            id: r.get::<_, i64>(0)?.to_string(),
+                            body: r.get(1)?,
+                            // A trace that does not parse is no reason to fail the job.
+                            trace: trace.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
+                            receives: r.get(3)?,
+                        })
                     })?;
                     rows.collect::<rusqlite::Result<Vec<_>>>()?
                 };
@@ -123,16 +142,25 @@ impl EmbeddedQueue {
             .map_err(queue_error)
     }
 
-    /// Sends raw bodies (tests use it to inject messages that do not parse).
+    /// Sends raw bodies (tests use it to inject messages that do not parse), with no trace.
     pub async fn send_raw(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        self.send_traced(bodies, None).await
+    }
+
+    async fn send_traced(
+        &self,
+        bodies: Vec<String>,
+        trace: Option<Carrier>,
+    ) -> Result<(), QueueError> {
+        let trace = trace.map(|t| serde_json::to_string(&t).expect("a trace serialises"));
         self.db
             .run(move |c| {
                 let tx = c.transaction()?;
                 let now = now_ms();
                 for body in &bodies {
                     tx.execute(
-                        "INSERT INTO fanout_queue (body, visible_at_ms) VALUES (?1, ?2)",
-                        params![body, now],
+                        "INSERT INTO fanout_queue (body, visible_at_ms, trace) VALUES (?1, ?2, ?3)",
+                        params![body, now, trace],
                     )?;
                 }
                 tx.commit()
@@ -147,7 +175,8 @@ impl EmbeddedQueue {
 #[async_trait]
 impl Queue for EmbeddedQueue {
     async fn send(&self, jobs: &[FanoutJob]) -> Result<(), QueueError> {
-        self.send_raw(jobs.iter().map(FanoutJob::encode).collect())
+        let trace = crate::trace::current().map(|t| t.carrier());
+        self.send_traced(jobs.iter().map(FanoutJob::encode).collect(), trace)
             .await
     }
 
@@ -220,9 +249,12 @@ impl QueueAdmin for EmbeddedQueue {
                 let letters = read_dead_letters(&tx, max)?;
                 let now = now_ms();
                 for letter in &letters {
+                    // The body and its trace move back together, as SQS's redrive keeps a
+                    // message's attributes.
                     tx.execute(
-                        "INSERT INTO fanout_queue (body, visible_at_ms) VALUES (?1, ?2)",
-                        params![letter.body, now],
+                        "INSERT INTO fanout_queue (body, visible_at_ms, trace)
+                         SELECT body, ?2, trace FROM fanout_dead_letters WHERE id = ?1",
+                        params![letter.id, now],
                     )?;
                     tx.execute(
                         "DELETE FROM fanout_dead_letters WHERE id = ?1",

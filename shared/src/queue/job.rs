@@ -135,6 +135,34 @@ impl FanoutJob {
         }
     }
 
+    /// The job's kind, as its `kind` field names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FanoutJob::Deliver { .. } => "deliver",
+            FanoutJob::Retract { .. } => "retract",
+            FanoutJob::Backfill { .. } => "backfill",
+            FanoutJob::Purge { .. } => "purge",
+            FanoutJob::Adopt { .. } => "adopt",
+            FanoutJob::Notify { .. } => "notify",
+            FanoutJob::Recount { .. } => "recount",
+            FanoutJob::Update { .. } => "update",
+            FanoutJob::Erase { .. } => "erase",
+            FanoutJob::Unnotify { .. } => "unnotify",
+        }
+    }
+
+    /// The activity the job is about, when it is about one.
+    pub fn activity_id(&self) -> Option<&str> {
+        match self {
+            FanoutJob::Deliver { activity_id, .. }
+            | FanoutJob::Retract { activity_id, .. }
+            | FanoutJob::Notify { activity_id, .. }
+            | FanoutJob::Update { activity_id, .. }
+            | FanoutJob::Unnotify { activity_id, .. } => Some(activity_id),
+            _ => None,
+        }
+    }
+
     /// The message body the queue carries.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("a fan-out job serialises")
@@ -143,5 +171,34 @@ impl FanoutJob {
     /// Parses a message body.
     pub fn decode(body: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_the_tag_a_job_is_encoded_with() {
+        let jobs = [
+            FanoutJob::Adopt {
+                author: "a".into(),
+                after: None,
+            },
+            FanoutJob::Erase {
+                user: "u".into(),
+                stage: EraseStage::Feeds,
+            },
+            FanoutJob::recount("u", Counted::Followers),
+            FanoutJob::Unnotify {
+                activity_id: "x".into(),
+                group: "g".into(),
+                users: vec![],
+            },
+        ];
+        for job in jobs {
+            let encoded: serde_json::Value = serde_json::from_str(&job.encode()).unwrap();
+            assert_eq!(encoded["kind"], job.kind());
+        }
     }
 }

@@ -1,8 +1,12 @@
 //! The fan-out queue: Amazon SQS in production, a durable table in the embedded SQLite file for the
 //! standalone server. Both carry the same JSON [`FanoutJob`] messages, and both are consumed through
-//! the same [`Consumer`] interface by the fan-out's one worker loop.
+//! the same [`Consumer`] interface by the fan-out's one worker loop. Each message also carries the
+//! trace of the work that sent it ([`crate::trace::current`] when it was sent): SQS in message
+//! attributes, the embedded queue in a column; the job's JSON stays as it was.
 
 use async_trait::async_trait;
+
+use crate::trace::Carrier;
 
 pub mod embedded;
 mod job;
@@ -15,11 +19,14 @@ pub use job::{EraseStage, FanoutJob};
 #[error("{0}")]
 pub struct QueueError(pub String);
 
-/// A message received from a queue: its id and its raw body.
+/// A message received from a queue: its id, its raw body, the trace it carries, and how many times
+/// it has been received (this time included).
 #[derive(Debug, Clone)]
 pub struct QueueMessage {
     pub id: String,
     pub body: String,
+    pub trace: Carrier,
+    pub receives: u32,
 }
 
 /// A received message with what its queue needs to acknowledge it.
@@ -33,7 +40,8 @@ pub struct Delivery {
 /// The sending side, used by the HTTP operations and the fan-out.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// Sends every job or fails: on `Ok` the queue has accepted all of them.
+    /// Sends every job or fails: on `Ok` the queue has accepted all of them. Each carries the
+    /// trace of the work under way.
     async fn send(&self, jobs: &[FanoutJob]) -> Result<(), QueueError>;
     /// A cheap call that proves the queue answers.
     async fn health(&self) -> Result<(), QueueError>;

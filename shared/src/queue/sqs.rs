@@ -1,14 +1,17 @@
-//! Amazon SQS (or any SQS-compatible server, such as ElasticMQ) through `aws-sdk-sqs`.
+//! Amazon SQS (or any SQS-compatible server, such as ElasticMQ) through `aws-sdk-sqs`. A message's
+//! trace travels in its attributes: the X-Ray header as the `AWSTraceHeader` system attribute (which
+//! X-Ray and Lambda read), the rest as message attributes.
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageSystemAttributeName, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, MessageSystemAttributeNameForSends,
+    MessageSystemAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 
 use crate::settings::{Env, SettingsError};
+use crate::trace::Carrier;
 
 use super::{
     Consumer, DeadLetter, Delivery, FanoutJob, Queue, QueueAdmin, QueueDepths, QueueError,
@@ -17,6 +20,88 @@ use super::{
 
 /// SQS takes at most 10 messages per batch call.
 const SQS_BATCH: usize = 10;
+
+/// The system attribute that carries the X-Ray trace header.
+pub const AWS_TRACE_HEADER: &str = "AWSTraceHeader";
+/// The message attributes of a trace: W3C `traceparent`, the request id, and when the request
+/// arrived (milliseconds since the epoch).
+pub const TRACEPARENT: &str = "traceparent";
+pub const REQUEST_ID: &str = "request_id";
+pub const ORIGIN_MS: &str = "origin_ms";
+
+/// The batch entry of `job`, its trace in its attributes.
+pub fn entry(
+    id: usize,
+    job: &FanoutJob,
+    trace: Option<&Carrier>,
+) -> Result<SendMessageBatchRequestEntry, QueueError> {
+    let fail =
+        |e: aws_sdk_sqs::error::BuildError| QueueError(format!("cannot build an SQS entry: {e}"));
+    let mut entry = SendMessageBatchRequestEntry::builder()
+        .id(id.to_string())
+        .message_body(job.encode());
+    let Some(trace) = trace else {
+        return entry.build().map_err(fail);
+    };
+    let attribute = |data_type: &str, value: &str| {
+        MessageAttributeValue::builder()
+            .data_type(data_type)
+            .string_value(value)
+            .build()
+            .map_err(fail)
+    };
+    if let Some(header) = &trace.aws_trace_header {
+        let value = MessageSystemAttributeValue::builder()
+            .data_type("String")
+            .string_value(header)
+            .build()
+            .map_err(fail)?;
+        entry = entry
+            .message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, value);
+    }
+    if let Some(traceparent) = &trace.traceparent {
+        entry = entry.message_attributes(TRACEPARENT, attribute("String", traceparent)?);
+    }
+    if let Some(request_id) = &trace.request_id {
+        entry = entry.message_attributes(REQUEST_ID, attribute("String", request_id)?);
+    }
+    if let Some(origin) = trace.origin_ms {
+        entry = entry.message_attributes(ORIGIN_MS, attribute("Number", &origin.to_string())?);
+    }
+    entry.build().map_err(fail)
+}
+
+/// The trace a message carries, from its attributes however they are presented (a received
+/// message, Lambda's SQS event): the `AWSTraceHeader` system attribute, and the message
+/// attributes' string values by name.
+pub fn carrier(
+    aws_trace_header: Option<&str>,
+    attribute: impl Fn(&str) -> Option<String>,
+) -> Carrier {
+    Carrier {
+        traceparent: attribute(TRACEPARENT),
+        aws_trace_header: aws_trace_header.map(str::to_owned),
+        request_id: attribute(REQUEST_ID),
+        origin_ms: attribute(ORIGIN_MS).and_then(|v| v.trim().parse().ok()),
+    }
+}
+
+/// A received message's trace and receive count.
+fn received(m: &Message) -> (Carrier, u32) {
+    let system = |name: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&name));
+    let trace = carrier(
+        system(MessageSystemAttributeName::AwsTraceHeader).map(String::as_str),
+        |name| {
+            m.message_attributes()
+                .and_then(|a| a.get(name))
+                .and_then(|v| v.string_value().map(str::to_owned))
+        },
+    );
+    let receives = system(MessageSystemAttributeName::ApproximateReceiveCount)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    (trace, receives)
+}
 
 #[derive(Debug, Clone)]
 pub struct SqsConfig {
@@ -105,6 +190,11 @@ impl SqsQueue {
             .queue_url(&self.queue_url)
             .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
             .wait_time_seconds(wait_seconds)
+            .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(TRACEPARENT)
+            .message_attribute_names(REQUEST_ID)
+            .message_attribute_names(ORIGIN_MS)
             .send()
             .await
             .map_err(|e| {
@@ -118,11 +208,14 @@ impl SqsQueue {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|m| {
+                let (trace, receives) = received(&m);
                 let receipt = m.receipt_handle?;
                 Some(Delivery {
                     message: QueueMessage {
                         id: m.message_id.unwrap_or_default(),
                         body: m.body.unwrap_or_default(),
+                        trace,
+                        receives,
                     },
                     receipt,
                 })
@@ -150,17 +243,12 @@ impl SqsQueue {
 #[async_trait]
 impl Queue for SqsQueue {
     async fn send(&self, jobs: &[FanoutJob]) -> Result<(), QueueError> {
+        let trace = crate::trace::current().map(|t| t.carrier());
         for batch in jobs.chunks(SQS_BATCH) {
             let entries = batch
                 .iter()
                 .enumerate()
-                .map(|(i, job)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(job.encode())
-                        .build()
-                        .map_err(|e| QueueError(format!("cannot build an SQS entry: {e}")))
-                })
+                .map(|(i, job)| entry(i, job, trace.as_ref()))
                 .collect::<Result<Vec<_>, _>>()?;
             let out = self
                 .client
@@ -447,5 +535,59 @@ impl QueueAdmin for SqsQueue {
             }
         }
         Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_is_sent_as_attributes_and_read_back() {
+        let trace = Carrier {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            aws_trace_header: Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into()),
+            request_id: Some("req-7".into()),
+            origin_ms: Some(1_796_000_000_000),
+        };
+        let job = FanoutJob::Notify {
+            activity_id: "a".into(),
+            from: 0,
+        };
+        let sent = entry(3, &job, Some(&trace)).unwrap();
+        assert_eq!(sent.id(), "3");
+        assert_eq!(
+            sent.message_body(),
+            job.encode(),
+            "the body is the job alone"
+        );
+        let system = sent.message_system_attributes().unwrap();
+        let header = &system[&MessageSystemAttributeNameForSends::AwsTraceHeader];
+        assert_eq!(header.data_type(), "String");
+        assert_eq!(header.string_value(), trace.aws_trace_header.as_deref());
+        let attributes = sent.message_attributes().unwrap();
+        assert_eq!(attributes.len(), 3);
+        assert_eq!(attributes[TRACEPARENT].data_type(), "String");
+        assert_eq!(attributes[ORIGIN_MS].data_type(), "Number");
+
+        // As SQS hands the message back.
+        let mut message = Message::builder()
+            .attributes(
+                MessageSystemAttributeName::AwsTraceHeader,
+                header.string_value().unwrap(),
+            )
+            .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "4");
+        for (name, value) in attributes {
+            message = message.message_attributes(name, value.clone());
+        }
+        assert_eq!(received(&message.build()), (trace, 4));
+
+        // No trace: no attributes; nothing carried comes back.
+        let bare = entry(0, &job, None).unwrap();
+        assert!(bare.message_attributes().is_none() && bare.message_system_attributes().is_none());
+        assert_eq!(
+            received(&Message::builder().build()),
+            (Carrier::default(), 1)
+        );
     }
 }

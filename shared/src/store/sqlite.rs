@@ -132,7 +132,7 @@ impl SqliteDb {
             .and_then(|mut s| s.exists([]))
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
-        add_columns(&conn).map_err(internal)?;
+        add_columns(&conn, &ADDED_COLUMNS).map_err(internal)?;
         if !counted {
             // A file from before the counts: count what it holds once; triggers keep it since.
             conn.execute_batch(COUNT_EXISTING).map_err(internal)?;
@@ -158,9 +158,10 @@ impl SqliteDb {
     }
 }
 
-/// Adds each of [`ADDED_COLUMNS`] that its table lacks (a file written by an earlier release).
-fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
-    for (table, column) in ADDED_COLUMNS {
+/// Adds each of `columns` (table, column definition) that its table lacks (a file written by an
+/// earlier release).
+pub(crate) fn add_columns(conn: &Connection, columns: &[(&str, &str)]) -> rusqlite::Result<()> {
+    for (table, column) in columns {
         let name = column.split(' ').next().unwrap_or(column);
         let mut stmt = conn.prepare(&format!(
             "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
