@@ -13,8 +13,8 @@ use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{
-    Counted, DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks, PulledFollowee, Store,
-    StoreError, StoredGroup, TimelineEntry, UserCounts,
+    Connection, Counted, DayRange, GroupRef, GroupWrite, IdRange, NotificationMarks,
+    PulledFollowee, Store, StoreError, StoredGroup, TimelineEntry, UserCounts,
 };
 use feeds_testkit::wait::drain_embedded;
 use serde_json::Value;
@@ -283,6 +283,37 @@ impl Store for GatedStore {
         self.inner
             .remove_notification_marks(owner, keys, read, at_us)
             .await
+    }
+    async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        self.inner.put_connection(connection).await
+    }
+    async fn delete_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        self.inner.delete_connection(connection).await
+    }
+    async fn connection_user(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.inner.connection_user(id).await
+    }
+    async fn connections(&self, users: &[String]) -> Result<Vec<Connection>, StoreError> {
+        self.inner.connections(users).await
+    }
+    async fn put_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[Connection],
+    ) -> Result<(), StoreError> {
+        self.inner.put_pulled_connections(author, connections).await
+    }
+    async fn delete_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[Connection],
+    ) -> Result<(), StoreError> {
+        self.inner
+            .delete_pulled_connections(author, connections)
+            .await
+    }
+    async fn pulled_connections(&self, author: &str) -> Result<Vec<Connection>, StoreError> {
+        self.inner.pulled_connections(author).await
     }
 }
 
