@@ -67,6 +67,11 @@ pub enum FanoutJob {
         group: String,
         users: Vec<String>,
     },
+    /// Push the pulled activity `activity_id` of `actor` to the connected followers of `actor`
+    /// (a pulled activity is in no timeline, so no delivery pushes it).
+    PushPulled { activity_id: String, actor: String },
+    /// Push `user`'s notification counts to its connections (they changed by a mark).
+    PushCounts { user: String },
 }
 
 /// What an erasure has left to do, in order.
