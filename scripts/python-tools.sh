@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Python-packaged build tools in the state dir's venv: AWS SAM CLI and cargo-lambda (with zig, its cross linker).
+# Python-packaged tools in the state dir's venv: AWS SAM CLI and cargo-lambda (with zig, its cross
+# linker) to build, and moto's server, the stand-in for API Gateway's Management API that the
+# realtime tests post to (`moto_server`).
 #   scripts/python-tools.sh          install (idempotent), then print the versions
 #   source <(scripts/python-tools.sh --env)   put the venv's bin/ on PATH in this shell
 # The venv is shared with scripts/cql (cqlsh); creating it again is harmless.
@@ -13,6 +15,7 @@ SPECS=(
   'aws-sam-cli==1.170.0'
   'cargo-lambda==1.9.2'
   'ziglang==0.15.2'
+  'moto[server]==5.2.5'
 )
 
 log() { echo "python-tools: $*" >&2; }
@@ -47,3 +50,4 @@ fi
 log "$("$VENV/bin/sam" --version)"
 log "$("$VENV/bin/cargo-lambda" lambda --version 2>/dev/null || "$VENV/bin/cargo-lambda" --version)"
 log "zig $("$VENV/bin/python" -m ziglang version)"
+log "moto $("$VENV/bin/python" -c 'import moto; print(moto.__version__)')"

@@ -91,10 +91,11 @@ async fn serve(bind: Option<String>) -> Result<(), BoxError> {
     let settings = config::start(Defaults::EMBEDDED)?;
     let mut backends = Backends::open(&settings).await?;
     let hub = std::sync::Arc::new(realtime::Hub::default());
-    backends.fanout = backends.fanout.clone().with_events(hub.clone());
+    backends.fanout = backends.fanout.clone().with_realtime(hub.clone());
     let app = config::app(&settings, &backends)?;
     let verifier = app.verifier.clone();
-    let app = router(app, Routes::All).merge(realtime::router(hub, verifier));
+    let realtime = realtime::router(hub, verifier, backends.store.clone());
+    let app = router(app, Routes::All).merge(realtime);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let worker = {
         let (fanout, consumer) = (backends.fanout.clone(), backends.consumer.clone());

@@ -1,6 +1,8 @@
-//! `GET /realtime`: a WebSocket per connected principal, fed by this process's fan-out. The token
-//! comes in the `Authorization` header or as `?token=`; a bad or missing one is `401` before the
-//! upgrade. Idle connections get a ping every 30 s.
+//! `GET /realtime`: a WebSocket per connected principal, fed by the fan-out. The token comes in
+//! the `Authorization` header or as `?token=`; a bad or missing one is `401` before the upgrade.
+//! Each connection is recorded in the store, as API Gateway's `$connect` records its own, so the
+//! fan-out finds its recipients the same way on both; this process's [`Hub`] is the transport
+//! that reaches them. Idle connections get a ping every 30 s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,69 +17,82 @@ use axum::routing::get;
 use axum::Router;
 use feeds::auth::Verifier;
 use feeds::http::ApiError;
-use feeds::realtime::{self, Events};
+use feeds::realtime::{self, Sent, Transport};
+use feeds::store::{Connection, Store};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
 /// Messages a connection may fall behind by before newer ones are dropped for it.
 const BACKLOG: usize = 256;
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// A connection's records are written again this often: they expire after
+/// `feeds::store::CONNECTION_TTL` (two hours), and a connection here has no time limit.
+const RECORD_EVERY: Duration = Duration::from_secs(60 * 60);
 
-/// One user's open connections, each with its id.
-type Connections = Vec<(u64, mpsc::Sender<String>)>;
-
-/// The connections of this process, by user.
-#[derive(Default)]
+/// This process's connections, by id.
 pub struct Hub {
-    connections: Mutex<HashMap<String, Connections>>,
+    connections: Mutex<HashMap<String, mpsc::Sender<String>>>,
     next_id: AtomicU64,
+    /// Begins every id this process gives: processes sharing a store never take each other's
+    /// connections for their own.
+    prefix: String,
 }
 
-impl Hub {
-    fn register(&self, user: &str) -> (u64, mpsc::Receiver<String>) {
-        let (tx, rx) = mpsc::channel(BACKLOG);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections
-            .entry(user.to_owned())
-            .or_default()
-            .push((id, tx));
-        (id, rx)
-    }
-
-    fn unregister(&self, user: &str, id: u64) {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = connections.get_mut(user) {
-            list.retain(|(i, _)| *i != id);
-            if list.is_empty() {
-                connections.remove(user);
-            }
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            connections: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            prefix: format!("srv-{:016x}-", rand::random::<u64>()),
         }
     }
 }
 
-impl Events for Hub {
-    fn listening(&self, user: &str) -> bool {
-        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections.contains_key(user)
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<String>>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, user: &str, message: &realtime::Message) {
-        let text = match serde_json::to_string(message) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a realtime message");
-                return;
-            }
+    fn register(&self, user: &str) -> (Connection, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}{n}", self.prefix);
+        self.lock().insert(id.clone(), tx);
+        let connection = Connection {
+            user: user.to_owned(),
+            id,
         };
-        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, tx) in connections.get(user).into_iter().flatten() {
-            if tx.try_send(text.clone()).is_err() {
-                tracing::warn!(
-                    user,
-                    connection = id,
-                    "realtime connection behind: message dropped"
-                );
+        (connection, rx)
+    }
+
+    fn unregister(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for Hub {
+    fn idle(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    async fn send(&self, id: &str, text: &str) -> Sent {
+        let mut connections = self.lock();
+        let Some(tx) = connections.get(id) else {
+            return match id.starts_with(&self.prefix) {
+                true => Sent::Gone,
+                false => Sent::Elsewhere,
+            };
+        };
+        match tx.try_send(text.to_owned()) {
+            Ok(()) => Sent::Delivered,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Sent::Failed("the connection is behind: message dropped".into())
+            }
+            // Upgraded never, or closed without unregistering.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                connections.remove(id);
+                Sent::Gone
             }
         }
     }
@@ -87,6 +102,7 @@ impl Events for Hub {
 struct Realtime {
     hub: Arc<Hub>,
     verifier: Arc<Verifier>,
+    store: Arc<dyn Store>,
 }
 
 #[derive(Deserialize)]
@@ -98,10 +114,14 @@ struct TokenQuery {
 const CLIENT_FRAME_LIMIT: usize = 4 * 1024;
 
 /// The `/realtime` route, for the standalone server's router.
-pub fn router(hub: Arc<Hub>, verifier: Arc<Verifier>) -> Router {
+pub fn router(hub: Arc<Hub>, verifier: Arc<Verifier>, store: Arc<dyn Store>) -> Router {
     Router::new()
         .route("/realtime", get(connect))
-        .with_state(Realtime { hub, verifier })
+        .with_state(Realtime {
+            hub,
+            verifier,
+            store,
+        })
 }
 
 async fn connect(
@@ -113,11 +133,10 @@ async fn connect(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let verified = match (authorization, query.token.as_deref()) {
-        (None, Some(token)) => rt.verifier.verify_token(token),
-        (header, _) => rt.verifier.verify_header(header),
-    };
-    let principal = match verified {
+    let principal = match rt
+        .verifier
+        .verify_header_or_token(authorization, query.token.as_deref())
+    {
         Ok(principal) => principal,
         Err(e) => return ApiError::from(e).into_response(),
     };
@@ -125,20 +144,33 @@ async fn connect(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    // In the hub before it is recorded: a message sent in between finds it.
+    let (connection, rx) = rt.hub.register(&principal.sub);
+    if let Err(e) = realtime::connect(rt.store.as_ref(), &connection).await {
+        rt.hub.unregister(&connection.id);
+        return ApiError::from(e).into_response();
+    }
     // A client sends only pongs and a close: small buffers and limits keep an idle connection
     // cheap (the default read buffer alone is 128 KiB) and a large frame from it refused.
     upgrade
         .read_buffer_size(CLIENT_FRAME_LIMIT)
         .max_frame_size(CLIENT_FRAME_LIMIT)
         .max_message_size(CLIENT_FRAME_LIMIT)
-        .on_upgrade(move |socket| serve(socket, rt.hub, principal.sub))
+        .on_upgrade(move |socket| serve(socket, rt, connection, rx))
 }
 
-async fn serve(mut socket: WebSocket, hub: Arc<Hub>, user: String) {
-    let (id, mut rx) = hub.register(&user);
+async fn serve(
+    mut socket: WebSocket,
+    rt: Realtime,
+    connection: Connection,
+    mut rx: mpsc::Receiver<String>,
+) {
+    let (user, id) = (connection.user.as_str(), connection.id.as_str());
     tracing::info!(user, connection = id, "realtime connection opened");
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    let mut record = tokio::time::interval(RECORD_EVERY);
+    record.tick().await;
     loop {
         tokio::select! {
             message = rx.recv() => {
@@ -157,8 +189,16 @@ async fn serve(mut socket: WebSocket, hub: Arc<Hub>, user: String) {
                     break;
                 }
             }
+            _ = record.tick() => {
+                if let Err(e) = realtime::connect(rt.store.as_ref(), &connection).await {
+                    tracing::warn!(user, connection = id, error = %e, "cannot record a realtime connection again");
+                }
+            }
         }
     }
-    hub.unregister(&user, id);
+    rt.hub.unregister(id);
+    if let Err(e) = realtime::disconnect(rt.store.as_ref(), id).await {
+        tracing::warn!(user, connection = id, error = %e, "cannot forget a closed realtime connection; it expires");
+    }
     tracing::info!(user, connection = id, "realtime connection closed");
 }

@@ -40,6 +40,10 @@ pub struct Settings {
     pub bind: String,
     /// `FEEDS_EXIT_ON_STDIN_EOF`: the standalone server stops when its standard input closes.
     pub exit_on_stdin_eof: bool,
+    /// `FEEDS_REALTIME_CALLBACK_URL`: the callback URL of the API Gateway WebSocket API's stage,
+    /// which the fan-out function posts realtime messages to (feature `apigw`); unset, it pushes
+    /// nothing. The standalone server pushes through its own connections instead.
+    pub realtime_callback_url: Option<String>,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
 }
@@ -268,6 +272,7 @@ impl Settings {
             cursor_secret: env.secret("FEEDS_CURSOR_SECRET")?,
             bind: env.string_or("FEEDS_BIND", "127.0.0.1:3000")?,
             exit_on_stdin_eof: env.flag("FEEDS_EXIT_ON_STDIN_EOF")?.unwrap_or(false),
+            realtime_callback_url: env.get("FEEDS_REALTIME_CALLBACK_URL")?,
             log: LogSettings::read(env)?,
             metrics: MetricsSettings::read(env)?,
         })
@@ -316,31 +321,17 @@ impl Backends {
     /// Opens the store and the queue the settings name (and migrates Cassandra when asked to).
     pub async fn open(settings: &Settings) -> Result<Self, StartError> {
         let mut sqlite: Option<SqliteDb> = None;
-        let mut open_sqlite = || -> Result<SqliteDb, StoreError> {
-            if let Some(db) = &sqlite {
-                return Ok(db.clone());
-            }
-            let db = SqliteDb::open(&settings.sqlite_path)?;
-            sqlite = Some(db.clone());
-            Ok(db)
-        };
-        let store: Arc<dyn Store> = match &settings.store {
-            StoreSettings::Sqlite => Arc::new(SqliteStore::new(open_sqlite()?)),
-            #[cfg(feature = "aws")]
-            StoreSettings::Cassandra { config, migrate } => {
-                let session = Arc::new(cassandra::connect(config).await?);
-                if *migrate {
-                    cassandra::migrate(&session, config).await?;
-                }
-                Arc::new(CassandraStore::new(session, config).await?)
-            }
-        };
+        let store = open_store_with(settings, &mut sqlite).await?;
         Ok(match &settings.queue {
             QueueSettings::Embedded {
                 visibility,
                 max_receives,
             } => {
-                let queue = EmbeddedQueue::new(open_sqlite()?, *visibility, *max_receives).await?;
+                let db = match sqlite {
+                    Some(db) => db,
+                    None => SqliteDb::open(&settings.sqlite_path)?,
+                };
+                let queue = EmbeddedQueue::new(db, *visibility, *max_receives).await?;
                 Backends::new(store, queue, settings.fanout)
             }
             #[cfg(feature = "aws")]
@@ -349,6 +340,34 @@ impl Backends {
             }
         })
     }
+}
+
+/// Opens the store the settings name, alone (and migrates Cassandra when asked to): for a
+/// process that sends nothing to the queue.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    open_store_with(settings, &mut None).await
+}
+
+/// [`open_store`], leaving the SQLite database it opened in `sqlite` for the embedded queue.
+async fn open_store_with(
+    settings: &Settings,
+    sqlite: &mut Option<SqliteDb>,
+) -> Result<Arc<dyn Store>, StartError> {
+    Ok(match &settings.store {
+        StoreSettings::Sqlite => {
+            let db = SqliteDb::open(&settings.sqlite_path)?;
+            *sqlite = Some(db.clone());
+            Arc::new(SqliteStore::new(db))
+        }
+        #[cfg(feature = "aws")]
+        StoreSettings::Cassandra { config, migrate } => {
+            let session = Arc::new(cassandra::connect(config).await?);
+            if *migrate {
+                cassandra::migrate(&session, config).await?;
+            }
+            Arc::new(CassandraStore::new(session, config).await?)
+        }
+    })
 }
 
 /// The HTTP application over the given backends.

@@ -14,7 +14,7 @@ use crate::metrics;
 use crate::model::Activity;
 use crate::notify;
 use crate::queue::{Consumer, EraseStage, FanoutJob, Queue, QueueError, QueueMessage};
-use crate::realtime::{self, Events};
+use crate::realtime::{self, Realtime, Transport};
 use crate::store::{Counted, DayRange, IdRange, Store, StoreError, TimelineEntry};
 use crate::trace;
 use crate::update;
@@ -87,8 +87,9 @@ pub struct Fanout {
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     settings: FanoutSettings,
-    /// Realtime listeners, when this process has any (the standalone server).
-    events: Option<Arc<dyn Events>>,
+    /// Pushes to realtime connections, when this process has a way to reach them (the
+    /// standalone server's hub; API Gateway's Management API when configured).
+    realtime: Option<Realtime>,
 }
 
 impl Fanout {
@@ -97,58 +98,94 @@ impl Fanout {
             store,
             queue,
             settings,
-            events: None,
+            realtime: None,
         }
     }
 
-    /// This fan-out, telling `events` what it changes in whose feeds.
-    pub fn with_events(mut self, events: Arc<dyn Events>) -> Self {
-        self.events = Some(events);
+    /// This fan-out, pushing what it changes in whose feeds to the connections recorded in its
+    /// store, through `transport`.
+    pub fn with_realtime(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.realtime = Some(Realtime::new(self.store.clone(), transport));
         self
     }
 
-    /// Tells the listening owners of `entries` that the rows arrived (or left, when `removed`).
-    fn publish_rows(&self, entries: &[TimelineEntry], removed: bool) {
-        let Some(events) = &self.events else {
+    /// Tells the connected owners of `entries` that the rows arrived (or left, when `removed`):
+    /// one look-up for all of them.
+    async fn publish_rows(&self, entries: &[TimelineEntry], removed: bool) {
+        let Some(realtime) = &self.realtime else {
             return;
         };
-        for e in entries {
-            let (user, feed) = realtime::feed_of(&e.owner);
-            if !events.listening(user) {
-                continue;
-            }
-            let message = match removed {
-                false => realtime::Message::Activity {
-                    feed,
-                    activity: e.activity.clone(),
-                },
-                true => realtime::Message::Removed {
-                    feed,
-                    id: e.activity.id.clone(),
-                },
-            };
-            events.publish(user, &message);
-        }
+        let mut users: Vec<String> = entries
+            .iter()
+            .map(|e| realtime::feed_of(&e.owner).0.to_owned())
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        let to = realtime.connections(&users).await;
+        let connected: std::collections::HashSet<&str> =
+            to.iter().map(|c| c.user.as_str()).collect();
+        let messages: Vec<(String, realtime::Message)> = entries
+            .iter()
+            .filter_map(|e| {
+                let (user, feed) = realtime::feed_of(&e.owner);
+                let message = || realtime::Message::changed(feed, &e.activity, removed);
+                connected
+                    .contains(user)
+                    .then(|| (user.to_owned(), message()))
+            })
+            .collect();
+        realtime.send(&to, &messages).await;
     }
 
-    /// Tells the listening users of these notification feeds their counts.
-    async fn publish_counts(&self, owners: &[String]) -> Result<(), StoreError> {
-        let Some(events) = &self.events else {
-            return Ok(());
+    /// Tells the connected ones of `users` that `activities` arrived in their flat feeds (or
+    /// left them, when `removed`).
+    async fn publish_flat(&self, users: &[String], activities: &[Activity], removed: bool) {
+        let Some(realtime) = &self.realtime else {
+            return;
         };
-        for owner in owners {
-            let Some(user) = notify::user_of_feed(owner) else {
-                continue;
-            };
-            if events.listening(user) {
-                let marks = self.store.notification_marks(owner).await?;
-                let message = realtime::Message::Counts {
-                    unseen: marks.unseen.len(),
-                    unread: marks.unread.len(),
-                };
-                events.publish(user, &message);
+        if activities.is_empty() {
+            return;
+        }
+        let to = realtime.connections(users).await;
+        let mut connected: Vec<&str> = to.iter().map(|c| c.user.as_str()).collect();
+        connected.sort_unstable();
+        connected.dedup();
+        let mut messages = Vec::with_capacity(connected.len() * activities.len());
+        for user in connected {
+            for a in activities {
+                let message = realtime::Message::changed(realtime::Feed::Flat, a, removed);
+                messages.push((user.to_owned(), message));
             }
         }
+        realtime.send(&to, &messages).await;
+    }
+
+    /// Tells the connected users of these notification feeds their counts.
+    async fn publish_counts(&self, owners: &[String]) -> Result<(), StoreError> {
+        let Some(realtime) = &self.realtime else {
+            return Ok(());
+        };
+        let users: Vec<String> = owners
+            .iter()
+            .filter_map(|o| notify::user_of_feed(o).map(str::to_owned))
+            .collect();
+        let to = realtime.connections(&users).await;
+        let mut connected: Vec<&str> = to.iter().map(|c| c.user.as_str()).collect();
+        connected.sort_unstable();
+        connected.dedup();
+        let mut messages = Vec::with_capacity(connected.len());
+        for user in connected {
+            let marks = self
+                .store
+                .notification_marks(&notify::feed_owner(user))
+                .await?;
+            let message = realtime::Message::Counts {
+                unseen: marks.unseen.len(),
+                unread: marks.unread.len(),
+            };
+            messages.push((user.to_owned(), message));
+        }
+        realtime.send(&to, &messages).await;
         Ok(())
     }
 
@@ -173,6 +210,13 @@ impl Fanout {
                     // A pulled activity is in no timeline (backfills copy none): one delete.
                     if self.store.get_pulled(actor, activity_id).await?.is_some() {
                         self.store.delete_pulled(actor, activity_id).await?;
+                        if let Some(realtime) = &self.realtime {
+                            let message = realtime::Message::Removed {
+                                feed: realtime::Feed::Flat,
+                                id: activity_id.clone(),
+                            };
+                            realtime.publish_pulled(actor, &message).await;
+                        }
                         return Ok(done);
                     }
                 }
@@ -262,12 +306,14 @@ impl Fanout {
                 let floor = (recent.len() == limit)
                     .then(|| recent.last().map(|a| a.id.clone()))
                     .flatten();
+                let mut merged: Vec<Activity> = Vec::new();
                 for a in recent {
-                    if !pulled.contains(&a.id) {
-                        entries.push(TimelineEntry {
+                    match pulled.contains(&a.id) {
+                        false => entries.push(TimelineEntry {
                             owner: follower.clone(),
                             activity: a,
-                        });
+                        }),
+                        true => merged.push(a),
                     }
                 }
                 self.add(&entries).await?;
@@ -276,6 +322,14 @@ impl Fanout {
                     self.store
                         .put_pulled_followee(follower, followee, floor.as_deref())
                         .await?;
+                    if let Some(realtime) = &self.realtime {
+                        realtime
+                            .pulled_followed(followee, std::slice::from_ref(follower))
+                            .await?;
+                        // Readable from now on, as the copied rows are.
+                        let follower = std::slice::from_ref(follower);
+                        self.publish_flat(follower, &merged, false).await;
+                    }
                 }
                 // An unfollow whose purge ran between the check above and this write left rows
                 // that no purge will see: purge again.
@@ -298,17 +352,32 @@ impl Fanout {
                 if self.store.is_following(follower, followee).await? {
                     return Ok(done);
                 }
-                let pulled_rows = before.is_none()
-                    && self
+                let pulled_row = match before {
+                    None => self
                         .store
                         .pulled_followees(follower)
                         .await?
-                        .iter()
-                        .any(|p| &p.followee == followee);
-                if pulled_rows {
+                        .into_iter()
+                        .find(|p| &p.followee == followee),
+                    Some(_) => None,
+                };
+                let pulled_rows = pulled_row.is_some();
+                if let Some(row) = pulled_row {
                     self.store
                         .delete_pulled_followee(follower, followee)
                         .await?;
+                    if let Some(realtime) = &self.realtime {
+                        realtime.pulled_unfollowed(followee, follower).await?;
+                        // No longer readable, as the purged rows are not.
+                        let seen = IdRange {
+                            before: None,
+                            not_before: row.floor.as_deref(),
+                        };
+                        let max = self.settings.max_length;
+                        let gone = self.store.pulled(followee, seen, max).await?;
+                        let follower = std::slice::from_ref(follower);
+                        self.publish_flat(follower, &gone, true).await;
+                    }
                 }
                 let range = IdRange {
                     before: before.as_deref(),
@@ -394,7 +463,7 @@ impl Fanout {
                     .collect();
                 let present = store.timeline_entries(&rows).await?;
                 aggregate::remove_rows(store, notify::GROUPING, &present).await?;
-                self.publish_rows(&present, true);
+                self.publish_rows(&present, true).await;
                 done.rows = present.len();
                 // Also where the row was gone already: a first attempt may have stopped after
                 // removing it.
@@ -436,8 +505,32 @@ impl Fanout {
                     .iter()
                     .map(|owner| self.store.put_pulled_followee(owner, author, None));
                 done.rows = futures::future::try_join_all(writes).await?.len();
+                if let Some(realtime) = &self.realtime {
+                    realtime.pulled_followed(author, &owners).await?;
+                    // What it pulled since it was marked is readable by these followers from now
+                    // on (all of it: their floor is none).
+                    let limit = self.settings.backfill_limit;
+                    let merged = self.store.pulled(author, IdRange::default(), limit).await?;
+                    self.publish_flat(&owners, &merged, false).await;
+                }
                 self.purge_unfollowed(author, after.as_deref(), owners)
                     .await?;
+            }
+            FanoutJob::PushPulled { activity_id, actor } => {
+                let Some(realtime) = &self.realtime else {
+                    return Ok(done);
+                };
+                // Deleted before this ran: nothing to push.
+                if let Some(activity) = self.store.get_pulled(actor, activity_id).await? {
+                    let message = realtime::Message::Activity {
+                        feed: realtime::Feed::Flat,
+                        activity,
+                    };
+                    realtime.publish_pulled(actor, &message).await;
+                }
+            }
+            FanoutJob::PushCounts { user } => {
+                self.publish_counts(&[notify::feed_owner(user)]).await?
             }
         }
         Ok(done)
@@ -460,7 +553,7 @@ impl Fanout {
             return Ok(trimmed);
         }
         aggregate::insert_rows(self.store.as_ref(), grouping, entries).await?;
-        self.publish_rows(entries, false);
+        self.publish_rows(entries, false).await;
         let mut owners: Vec<&str> = entries.iter().map(|e| e.owner.as_str()).collect();
         owners.sort_unstable();
         let every = self.settings.trim_every();
@@ -481,7 +574,7 @@ impl Fanout {
 
     async fn remove(&self, entries: &[TimelineEntry]) -> Result<(), StoreError> {
         aggregate::remove_rows(self.store.as_ref(), self.settings.grouping, entries).await?;
-        self.publish_rows(entries, true);
+        self.publish_rows(entries, true).await;
         Ok(())
     }
 
@@ -679,6 +772,9 @@ impl Fanout {
                 store.erase_notification_marks(&notifications, now).await?;
                 for p in store.pulled_followees(user).await? {
                     store.delete_pulled_followee(user, &p.followee).await?;
+                    if let Some(realtime) = &self.realtime {
+                        realtime.pulled_unfollowed(&p.followee, user).await?;
+                    }
                 }
                 store.unmark_pulled_author(user).await?;
                 for what in [Counted::Followers, Counted::Following, Counted::Activities] {

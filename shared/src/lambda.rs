@@ -1,16 +1,24 @@
 //! The Lambda entry points: each function's `main` is one call to these. The SQS event adapter of
-//! the fan-out function lives here too, beside the other Lambda entry code.
+//! the fan-out function and the WebSocket event handler of the realtime function live here too,
+//! beside the other Lambda entry code.
 
+use std::sync::Arc;
+
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::event::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use axum::extract::Request;
 use lambda_http::request::RequestContext;
 use lambda_http::RequestExt;
 use lambda_runtime::{service_fn, LambdaEvent};
 
+use crate::auth::Verifier;
 use crate::config::{self, Backends, Defaults};
 use crate::fanout::Fanout;
-use crate::http::{router, Routes};
+use crate::http::{router, ApiError, Routes};
 use crate::queue::{sqs, QueueMessage};
+use crate::realtime;
+use crate::store::{Connection, Store};
 use crate::trace::Carrier;
 use crate::BoxError;
 
@@ -41,10 +49,27 @@ async fn with_aws_trace(mut request: Request) -> Request {
     request
 }
 
-/// Runs the SQS-triggered fan-out function, answering partial batch failures.
+/// Runs the SQS-triggered fan-out function, answering partial batch failures; it pushes realtime
+/// messages through the WebSocket API whose callback URL `FEEDS_REALTIME_CALLBACK_URL` names.
 pub async fn run_fanout() -> Result<(), BoxError> {
     let settings = config::start(Defaults::AWS)?;
     let fanout = Backends::open(&settings).await?.fanout;
+    let fanout = match &settings.realtime_callback_url {
+        #[cfg(feature = "apigw")]
+        Some(url) => {
+            let api = realtime::apigw::ManagementApi::new(url).await;
+            fanout.with_realtime(Arc::new(api))
+        }
+        #[cfg(not(feature = "apigw"))]
+        Some(_) => {
+            return Err(
+                "FEEDS_REALTIME_CALLBACK_URL: this build cannot post to API Gateway \
+                        (feature `apigw`)"
+                    .into(),
+            )
+        }
+        None => fanout,
+    };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let fanout = fanout.clone();
         async move { Ok::<_, BoxError>(handle_sqs_event(&fanout, event.payload).await) }
@@ -72,6 +97,93 @@ pub async fn handle_sqs_event(fanout: &Fanout, event: SqsEvent) -> SqsBatchRespo
         })
         .collect();
     response
+}
+
+/// Runs the realtime function: the WebSocket API's `$connect`, `$disconnect` and `$default`
+/// routes. It needs the store only.
+pub async fn run_realtime() -> Result<(), BoxError> {
+    let settings = config::start(Defaults::AWS)?;
+    let store = config::open_store(&settings).await?;
+    let verifier = Arc::new(Verifier::new(&settings.auth)?);
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+            let (store, verifier) = (store.clone(), verifier.clone());
+            async move {
+                let answer = handle_websocket_event(store.as_ref(), &verifier, event.payload).await;
+                Ok::<_, BoxError>(answer)
+            }
+        },
+    ))
+    .await
+}
+
+/// The realtime function's body. `$connect` authenticates as `GET /realtime` does (the
+/// `Authorization` header, else `?token=`): any answer but 200 refuses the connection, so a bad
+/// or missing token is 401; then it records the connection. `$disconnect` forgets it. `$default`
+/// (whatever a client sends) answers nothing.
+pub async fn handle_websocket_event(
+    store: &dyn Store,
+    verifier: &Verifier,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
+    let context = &event.request_context;
+    let id = context.connection_id.clone().unwrap_or_default();
+    match context.route_key.as_deref() {
+        Some("$connect") => {
+            let header = event
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap_or("\u{0}"));
+            let token = event.query_string_parameters.first("token");
+            let principal = match verifier.verify_header_or_token(header, token) {
+                Ok(principal) => principal,
+                Err(e) => return refused(e.into()),
+            };
+            let connection = Connection {
+                user: principal.sub,
+                id,
+            };
+            if let Err(e) = realtime::connect(store, &connection).await {
+                return refused(e.into());
+            }
+            tracing::info!(user = %connection.user, connection = %connection.id, "realtime connection opened");
+            status(200)
+        }
+        Some("$disconnect") => {
+            match realtime::disconnect(store, &id).await {
+                Ok(user) => {
+                    tracing::info!(user = ?user, connection = %id, "realtime connection closed")
+                }
+                // Its records expire.
+                Err(e) => {
+                    tracing::warn!(connection = %id, error = %e, "cannot forget a closed realtime connection")
+                }
+            }
+            status(200)
+        }
+        _ => status(200),
+    }
+}
+
+fn status(code: i64) -> ApiGatewayProxyResponse {
+    let mut answer = ApiGatewayProxyResponse::default();
+    answer.status_code = code;
+    answer
+}
+
+/// A refused `$connect`: the status and error body `GET /realtime` answers.
+fn refused(e: ApiError) -> ApiGatewayProxyResponse {
+    if e.status.is_server_error() {
+        tracing::error!(status = e.status.as_u16(), code = e.code, message = %e.message, "realtime connection refused");
+    }
+    let mut answer = status(i64::from(e.status.as_u16()));
+    let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+    answer.body = Some(Body::Text(body.to_string()));
+    answer.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    answer
 }
 
 /// A record of Lambda's SQS event as a queue message: its system attributes (`AWSTraceHeader`,

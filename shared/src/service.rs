@@ -257,6 +257,11 @@ impl Feeds {
             let mut jobs = vec![FanoutJob::recount(&stored.actor, Counted::Activities)];
             if pulled {
                 self.store.put_pulled(&stored).await?;
+                // In no timeline, so pushed to the connected followers by a job of its own.
+                jobs.push(FanoutJob::PushPulled {
+                    activity_id: stored.id.clone(),
+                    actor: stored.actor.clone(),
+                });
             } else {
                 jobs.push(FanoutJob::Deliver {
                     activity_id: stored.id.clone(),
@@ -479,7 +484,21 @@ impl Feeds {
         read: bool,
     ) -> Result<(usize, usize)> {
         let marked = req.into_marked()?;
-        Ok(notify::mark(self.store.as_ref(), owner, &marked, read).await?)
+        let before = self
+            .store
+            .notification_marks(&notify::feed_owner(owner))
+            .await?;
+        let after = notify::mark(self.store.as_ref(), owner, &marked, read).await?;
+        if after != (before.unseen.len(), before.unread.len()) {
+            // The mark is made and answered either way: its push is the one thing lost.
+            let push = FanoutJob::PushCounts {
+                user: owner.to_owned(),
+            };
+            if let Err(e) = self.queue.send(&[push]).await {
+                tracing::warn!(user = owner, error = %e, "cannot enqueue the push of notification counts");
+            }
+        }
+        Ok(after)
     }
 
     /// `user`'s counts: followers, following, own activities.

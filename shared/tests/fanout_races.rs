@@ -13,7 +13,7 @@ use feeds::queue::embedded::EmbeddedQueue;
 use feeds::queue::FanoutJob;
 use feeds::store::sqlite::{SqliteDb, SqliteStore};
 use feeds::store::{
-    Census, Counted, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupWrite, IdRange,
+    Census, Connection, Counted, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupWrite, IdRange,
     NotificationMarks, PulledFollowee, ScanPage, Store, StoreError, StoredGroup, TimelineEntry,
     UserCounts,
 };
@@ -315,6 +315,38 @@ impl Store for GatedStore {
         page: usize,
     ) -> Result<(u64, Option<String>), StoreError> {
         self.inner.census(what, from, page).await
+    }
+
+    async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        self.inner.put_connection(connection).await
+    }
+    async fn delete_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        self.inner.delete_connection(connection).await
+    }
+    async fn connection_user(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.inner.connection_user(id).await
+    }
+    async fn connections(&self, users: &[String]) -> Result<Vec<Connection>, StoreError> {
+        self.inner.connections(users).await
+    }
+    async fn put_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[Connection],
+    ) -> Result<(), StoreError> {
+        self.inner.put_pulled_connections(author, connections).await
+    }
+    async fn delete_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[Connection],
+    ) -> Result<(), StoreError> {
+        self.inner
+            .delete_pulled_connections(author, connections)
+            .await
+    }
+    async fn pulled_connections(&self, author: &str) -> Result<Vec<Connection>, StoreError> {
+        self.inner.pulled_connections(author).await
     }
 }
 

@@ -1,14 +1,17 @@
 //! Each function's handler, as `lambda_http` / `lambda_runtime` run it, on each sample event in
-//! `events/`: the events are real API Gateway HTTP API (v2) and SQS shapes, with development tokens.
+//! `events/`: the events are real API Gateway HTTP API (v2), WebSocket and SQS shapes, with
+//! development tokens.
 
 use std::sync::Arc;
 
+use aws_lambda_events::event::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::event::sqs::SqsEvent;
 use feeds::http::{router, App, Routes};
+use feeds::lambda::handle_websocket_event;
 use feeds::model::{parse_time, Activity};
 use feeds::queue::embedded::EmbeddedQueue;
 use feeds::store::sqlite::SqliteStore;
-use feeds::store::{IdRange, Store};
+use feeds::store::{Connection, IdRange, Store};
 use feeds_testkit::services::{event, in_memory};
 use feeds_testkit::tokens::assert_dev_key;
 use lambda_http::request::LambdaRequest;
@@ -247,4 +250,43 @@ async fn fanout_function_answers_its_sample_event() {
         serde_json::json!({"batchItemFailures": []}),
         "the shape Lambda reads"
     );
+}
+
+#[tokio::test]
+async fn realtime_function_answers_its_sample_events() {
+    let f = fixture().await;
+    let websocket = |name: &str| -> ApiGatewayWebsocketProxyRequest {
+        serde_json::from_str(&event(name))
+            .unwrap_or_else(|e| panic!("{name} is not an API Gateway WebSocket event: {e}"))
+    };
+    let id = "Xq3vKdTRoAMCJkQ=";
+    let connect = websocket("realtime-connect.json");
+    let answer = handle_websocket_event(f.store.as_ref(), &f.app.verifier, connect).await;
+    assert_eq!(answer.status_code, 200, "{answer:?}");
+    assert_eq!(
+        f.store.connection_user(id).await.unwrap().as_deref(),
+        Some("usr_02")
+    );
+    assert_eq!(
+        f.store.connections(&["usr_02".into()]).await.unwrap(),
+        [Connection {
+            user: "usr_02".into(),
+            id: id.into()
+        }]
+    );
+    let disconnect = websocket("realtime-disconnect.json");
+    let answer = handle_websocket_event(f.store.as_ref(), &f.app.verifier, disconnect).await;
+    assert_eq!(answer.status_code, 200, "{answer:?}");
+    assert_eq!(f.store.connection_user(id).await.unwrap(), None);
+    assert_eq!(f.store.connections(&["usr_02".into()]).await.unwrap(), []);
+
+    // Without its token: refused, as `GET /realtime` refuses it.
+    let mut anonymous = websocket("realtime-connect.json");
+    anonymous.query_string_parameters = Default::default();
+    let answer = handle_websocket_event(f.store.as_ref(), &f.app.verifier, anonymous).await;
+    assert_eq!(answer.status_code, 401);
+    assert_eq!(f.store.connection_user(id).await.unwrap(), None);
+    let wire = serde_json::to_value(&answer).unwrap();
+    let body: Value = serde_json::from_str(wire["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "missing_authorization");
 }

@@ -8,11 +8,13 @@ use serde_json::{json, Value};
 use crate::server::Server;
 use crate::tokens::token;
 
-/// A JSON answer: status, headers, and the body parsed (`Null` when empty, a string when not JSON).
+/// A JSON answer: status, headers, and the body parsed (`Null` when empty, a string when not JSON)
+/// and as it came.
 pub struct Answer {
     pub status: StatusCode,
     pub headers: reqwest::header::HeaderMap,
     pub body: Value,
+    pub text: String,
 }
 
 /// A client of one server.
@@ -152,12 +154,13 @@ pub async fn answer(res: reqwest::Response) -> Answer {
     let body = if text.is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
+        serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()))
     };
     Answer {
         status,
         headers,
         body,
+        text,
     }
 }
 

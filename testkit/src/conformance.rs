@@ -4,8 +4,8 @@
 use chrono::{Duration, Utc};
 use feeds::model::{parse_time, Activity, ActivityId, FollowEdge};
 use feeds::store::{
-    Census, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupSummary, GroupWrite, IdRange,
-    PulledFollowee, Store, StoredGroup, TimelineEntry,
+    Census, Connection, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupSummary, GroupWrite,
+    IdRange, PulledFollowee, Store, StoredGroup, TimelineEntry,
 };
 
 use crate::unique;
@@ -36,6 +36,7 @@ pub async fn run(store: &dyn Store) {
     pulled_authors_activities_and_followees_are_kept(store).await;
     updates_compare_and_set_and_rewrite_only_what_they_name(store).await;
     scans_walk_whole_tables_page_by_page(store).await;
+    connections_are_recorded_by_user_by_id_and_by_pulled_author(store).await;
 }
 
 async fn follow_edges_are_idempotent_and_listed_in_order(store: &dyn Store) {
@@ -705,4 +706,83 @@ async fn scans_walk_whole_tables_page_by_page(store: &dyn Store) {
         .unwrap();
     assert_eq!(store.user_counts(&actor).await.unwrap().activities, 3);
     assert!(census(store, Census::Users).await >= 1);
+}
+
+async fn connections_are_recorded_by_user_by_id_and_by_pulled_author(store: &dyn Store) {
+    let conn = |user: &str, id: &str| Connection {
+        user: user.to_owned(),
+        id: id.to_owned(),
+    };
+    let (ann, bob, nobody) = (unique("ann"), unique("bob"), unique("nobody"));
+    let (a1, a2, b1) = (
+        conn(&ann, &unique("A1=")),
+        conn(&ann, &unique("A2+/")),
+        conn(&bob, &unique("B1=")),
+    );
+    for c in [&a1, &a2, &b1, &a1] {
+        store.put_connection(c).await.unwrap();
+    }
+    let sorted = |mut list: Vec<Connection>| {
+        list.sort();
+        list
+    };
+    assert_eq!(
+        sorted(
+            store
+                .connections(&[ann.clone(), nobody.clone(), bob.clone()])
+                .await
+                .unwrap()
+        ),
+        sorted(vec![a1.clone(), a2.clone(), b1.clone()]),
+        "each recorded once, whatever the order of the users asked"
+    );
+    assert_eq!(store.connections(&[nobody.clone()]).await.unwrap(), []);
+    assert_eq!(store.connections(&[]).await.unwrap(), []);
+    // More users than one `IN` list takes.
+    let many: Vec<String> = (0..150)
+        .map(|i| format!("{nobody}_{i}"))
+        .chain([bob.clone()])
+        .collect();
+    assert_eq!(store.connections(&many).await.unwrap(), [b1.clone()]);
+    assert_eq!(
+        store.connection_user(&a2.id).await.unwrap().as_deref(),
+        Some(ann.as_str())
+    );
+    assert_eq!(store.connection_user(&unique("none")).await.unwrap(), None);
+
+    let star = unique("star");
+    assert_eq!(store.pulled_connections(&star).await.unwrap(), []);
+    store
+        .put_pulled_connections(&star, &[a1.clone(), b1.clone()])
+        .await
+        .unwrap();
+    store
+        .put_pulled_connections(&star, std::slice::from_ref(&a1))
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(store.pulled_connections(&star).await.unwrap()),
+        sorted(vec![a1.clone(), b1.clone()])
+    );
+    assert_eq!(
+        store.pulled_connections(&unique("other")).await.unwrap(),
+        []
+    );
+    store
+        .delete_pulled_connections(&star, std::slice::from_ref(&a1))
+        .await
+        .unwrap();
+    assert_eq!(store.pulled_connections(&star).await.unwrap(), [b1.clone()]);
+
+    store.delete_connection(&a1).await.unwrap();
+    store.delete_connection(&a1).await.unwrap();
+    assert_eq!(
+        store.connections(&[ann.clone()]).await.unwrap(),
+        [a2.clone()]
+    );
+    assert_eq!(store.connection_user(&a1.id).await.unwrap(), None);
+    assert_eq!(
+        store.connection_user(&a2.id).await.unwrap().as_deref(),
+        Some(ann.as_str())
+    );
 }

@@ -2,10 +2,13 @@
 //! as a child process ([`server`]), development tokens ([`tokens`]), an HTTP client acting as users
 //! ([`api`]), before/after snapshots of stored data ([`snapshot`]), bounded and deterministic waits
 //! ([`wait`]), a Lambda Runtime API ([`runtime_api`]), the store conformance suite
-//! ([`conformance`]) and the local services ([`services`]). Traffic goes to 127.0.0.1 only.
+//! ([`conformance`]), the local services ([`services`]), moto as API Gateway's Management API
+//! ([`moto`]) and the text of realtime messages ([`realtime`]). Traffic goes to 127.0.0.1 only.
 
 pub mod api;
 pub mod conformance;
+pub mod moto;
+pub mod realtime;
 pub mod remains;
 pub mod runtime_api;
 pub mod server;

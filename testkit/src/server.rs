@@ -15,7 +15,7 @@ use crate::BoxError;
 /// How long a server may take to answer `/health` (a debug build migrating a keyspace is slow).
 const START_LIMIT: Duration = Duration::from_secs(90);
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -184,6 +184,19 @@ impl Verifier {
         self.verify_token(token)
     }
 
+    /// Authenticates a WebSocket connection: from its `Authorization` header when it has one,
+    /// else from its `?token=` query parameter.
+    pub fn verify_header_or_token(
+        &self,
+        authorization: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        match (authorization, token) {
+            (None, Some(token)) => self.verify_token(token),
+            (header, _) => self.verify_header(header),
+        }
+    }
+
     /// Verifies a compact JWS token and returns its principal. A token this verifier already
     /// verified is taken from its cache while its `exp`, `nbf` and the cache's TTL allow.
     pub fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {

@@ -67,6 +67,11 @@ pub enum FanoutJob {
         group: String,
         users: Vec<String>,
     },
+    /// Push the pulled activity `activity_id` of `actor` to the connected followers of `actor`
+    /// (a pulled activity is in no timeline, so no delivery pushes it).
+    PushPulled { activity_id: String, actor: String },
+    /// Push `user`'s notification counts to its connections (they changed by a mark).
+    PushCounts { user: String },
 }
 
 /// What an erasure has left to do, in order.
@@ -148,6 +153,8 @@ impl FanoutJob {
             FanoutJob::Update { .. } => "update",
             FanoutJob::Erase { .. } => "erase",
             FanoutJob::Unnotify { .. } => "unnotify",
+            FanoutJob::PushPulled { .. } => "push_pulled",
+            FanoutJob::PushCounts { .. } => "push_counts",
         }
     }
 
@@ -158,7 +165,8 @@ impl FanoutJob {
             | FanoutJob::Retract { activity_id, .. }
             | FanoutJob::Notify { activity_id, .. }
             | FanoutJob::Update { activity_id, .. }
-            | FanoutJob::Unnotify { activity_id, .. } => Some(activity_id),
+            | FanoutJob::Unnotify { activity_id, .. }
+            | FanoutJob::PushPulled { activity_id, .. } => Some(activity_id),
             _ => None,
         }
     }

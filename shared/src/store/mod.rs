@@ -50,6 +50,19 @@ pub struct PulledFollowee {
     pub floor: Option<String>,
 }
 
+/// An open realtime connection: its user, and the id its endpoint knows it by (API Gateway's
+/// `connectionId`, or the standalone server's own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Connection {
+    pub user: String,
+    pub id: String,
+}
+
+/// How long the records of a connection live unless written again: API Gateway closes a
+/// WebSocket connection after two hours at most; the standalone server writes its own again
+/// every hour. `etc/schema.cql` and `template.yaml` give the connection tables this default TTL.
+pub const CONNECTION_TTL: std::time::Duration = std::time::Duration::from_secs(2 * 60 * 60);
+
 /// Days of an aggregated feed, both ends included; `None` is unbounded.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DayRange {
@@ -398,4 +411,27 @@ pub trait Store: Send + Sync + 'static {
         from: Option<&str>,
         page: usize,
     ) -> Result<(u64, Option<String>), StoreError>;
+
+    /// Records `connection` under its user, and its user under its id, for [`CONNECTION_TTL`].
+    async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError>;
+    /// Forgets both records of `connection`.
+    async fn delete_connection(&self, connection: &Connection) -> Result<(), StoreError>;
+    /// The user of connection `id`, while it is recorded.
+    async fn connection_user(&self, id: &str) -> Result<Option<String>, StoreError>;
+    /// The recorded connections of `users`.
+    async fn connections(&self, users: &[String]) -> Result<Vec<Connection>, StoreError>;
+    /// Records `connections`, of followers of the pulled author `author`, under it for
+    /// [`CONNECTION_TTL`].
+    async fn put_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[Connection],
+    ) -> Result<(), StoreError>;
+    async fn delete_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[Connection],
+    ) -> Result<(), StoreError>;
+    /// The connections recorded under the pulled author `author`.
+    async fn pulled_connections(&self, author: &str) -> Result<Vec<Connection>, StoreError>;
 }

@@ -75,6 +75,17 @@ CREATE TABLE IF NOT EXISTS rate_windows (
 CREATE TABLE IF NOT EXISTS pulled_followees (
     user TEXT NOT NULL, followee TEXT NOT NULL, floor TEXT,
     PRIMARY KEY (user, followee)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS connections (
+    user TEXT NOT NULL, connection_id TEXT NOT NULL, connected_us INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL, PRIMARY KEY (user, connection_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS connections_by_expiry ON connections (expires_us);
+CREATE TABLE IF NOT EXISTS connection_users (
+    connection_id TEXT PRIMARY KEY, user TEXT NOT NULL, expires_us INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS connection_users_by_expiry ON connection_users (expires_us);
+CREATE TABLE IF NOT EXISTS pulled_connections (
+    author TEXT NOT NULL, user TEXT NOT NULL, connection_id TEXT NOT NULL,
+    expires_us INTEGER NOT NULL, PRIMARY KEY (author, user, connection_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pulled_connections_by_expiry ON pulled_connections (expires_us);
 ";
 
 const ACTIVITY_COLUMNS: &str =
@@ -171,6 +182,14 @@ pub(crate) fn add_columns(conn: &Connection, columns: &[(&str, &str)]) -> rusqli
         }
     }
     Ok(())
+}
+
+/// Now and when a connection record written now expires, in microseconds since the epoch: the
+/// TTL Cassandra keeps by itself, kept here by reading only unexpired rows.
+fn connection_times() -> (i64, i64) {
+    let now = chrono::Utc::now().timestamp_micros();
+    let ttl = i64::try_from(super::CONNECTION_TTL.as_micros()).unwrap_or(i64::MAX);
+    (now, now.saturating_add(ttl))
 }
 
 fn internal(e: rusqlite::Error) -> StoreError {
@@ -1123,5 +1142,153 @@ impl Store for SqliteStore {
             .run(move |c| c.query_row(sql, [], |r| r.get(0)))
             .await?;
         Ok((n.max(0) as u64, None))
+    }
+
+    async fn put_connection(&self, connection: &super::Connection) -> Result<(), StoreError> {
+        let conn = connection.clone();
+        let (now, expires) = connection_times();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                // Expired rows go as new ones come: what Cassandra's TTL does by itself.
+                for table in ["connections", "connection_users", "pulled_connections"] {
+                    tx.prepare_cached(&format!("DELETE FROM {table} WHERE expires_us <= ?1"))?
+                        .execute(params![now])?;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO connections (user, connection_id, connected_us, expires_us) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO UPDATE SET expires_us = excluded.expires_us",
+                )?
+                .execute(params![conn.user, conn.id, now, expires])?;
+                tx.prepare_cached(
+                    "INSERT INTO connection_users (connection_id, user, expires_us) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT DO UPDATE SET user = excluded.user, expires_us = excluded.expires_us",
+                )?
+                .execute(params![conn.id, conn.user, expires])?;
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn delete_connection(&self, connection: &super::Connection) -> Result<(), StoreError> {
+        let conn = connection.clone();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "DELETE FROM connections WHERE user = ?1 AND connection_id = ?2",
+                    params![conn.user, conn.id],
+                )?;
+                tx.execute(
+                    "DELETE FROM connection_users WHERE connection_id = ?1",
+                    params![conn.id],
+                )?;
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn connection_user(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let id = id.to_owned();
+        let (now, _) = connection_times();
+        self.db
+            .run(move |c| {
+                c.prepare_cached(
+                    "SELECT user FROM connection_users WHERE connection_id = ?1 AND expires_us > ?2",
+                )?
+                .query_row(params![id, now], |row| row.get(0))
+                .optional()
+            })
+            .await
+    }
+
+    async fn connections(&self, users: &[String]) -> Result<Vec<super::Connection>, StoreError> {
+        let users = users.to_vec();
+        let (now, _) = connection_times();
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT connection_id FROM connections WHERE user = ?1 AND expires_us > ?2 \
+                     ORDER BY connection_id",
+                )?;
+                let mut found = Vec::new();
+                for user in users {
+                    let ids = stmt.query_map(params![user, now], |row| row.get::<_, String>(0))?;
+                    for id in ids {
+                        found.push(super::Connection {
+                            user: user.clone(),
+                            id: id?,
+                        });
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    async fn put_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[super::Connection],
+    ) -> Result<(), StoreError> {
+        let (author, connections) = (author.to_owned(), connections.to_vec());
+        let (_, expires) = connection_times();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT INTO pulled_connections (author, user, connection_id, expires_us) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO UPDATE SET expires_us = excluded.expires_us",
+                    )?;
+                    for conn in &connections {
+                        stmt.execute(params![author, conn.user, conn.id, expires])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn delete_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[super::Connection],
+    ) -> Result<(), StoreError> {
+        let (author, connections) = (author.to_owned(), connections.to_vec());
+        self.db
+            .run(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "DELETE FROM pulled_connections WHERE author = ?1 AND user = ?2 AND connection_id = ?3",
+                    )?;
+                    for conn in &connections {
+                        stmt.execute(params![author, conn.user, conn.id])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn pulled_connections(&self, author: &str) -> Result<Vec<super::Connection>, StoreError> {
+        let author = author.to_owned();
+        let (now, _) = connection_times();
+        self.db
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT user, connection_id FROM pulled_connections \
+                     WHERE author = ?1 AND expires_us > ?2 ORDER BY user, connection_id",
+                )?;
+                let rows = stmt.query_map(params![author, now], |row| {
+                    Ok(super::Connection {
+                        user: row.get(0)?,
+                        id: row.get(1)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
     }
 }

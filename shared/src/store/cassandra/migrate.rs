@@ -53,6 +53,10 @@ pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), Sto
     }
     for (table, cql) in statements {
         let columns = declared_columns(&cql);
+        let cql = match amazon_keyspaces {
+            true => with_keyspaces_ttl(cql),
+            false => cql,
+        };
         run_ddl(session, cql).await?;
         // A table created by an earlier release lacks the columns added since: add them.
         let missing = missing_columns(session, keyspace, &table, columns).await?;
@@ -85,6 +89,16 @@ pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), Sto
         .await
         .map_err(|e| store_error("migrate: schema agreement", e))?;
     Ok(())
+}
+
+/// A table with a default TTL, created on Amazon Keyspaces: with TTL enabled, which Keyspaces
+/// wants before it expires rows (Cassandra always does, and knows no such property).
+fn with_keyspaces_ttl(create: String) -> String {
+    if create.to_ascii_lowercase().contains("default_time_to_live") {
+        format!("{create} AND custom_properties = {{'ttl': {{'status': 'enabled'}}}}")
+    } else {
+        create
+    }
 }
 
 /// The `(name, type)` of each column a `CREATE TABLE` statement declares.
@@ -278,7 +292,10 @@ mod tests {
                 "user_counts",
                 "rate_windows",
                 "followers",
-                "following"
+                "following",
+                "connections",
+                "connection_users",
+                "pulled_connections"
             ]
         );
         for (table, cql) in &statements {
@@ -298,6 +315,27 @@ mod tests {
         )
         .is_err());
         assert!(schema_statements("DROP TABLE t;", "ks").is_err());
+    }
+
+    #[test]
+    fn keyspaces_creates_the_tables_with_a_default_ttl_with_ttl_enabled() {
+        let statements = schema_statements(SCHEMA, "ks").unwrap();
+        let with_ttl: Vec<&str> = statements
+            .iter()
+            .filter(|(_, cql)| with_keyspaces_ttl(cql.clone()) != *cql)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        assert_eq!(
+            with_ttl,
+            ["connections", "connection_users", "pulled_connections"]
+        );
+        let (_, cql) = &statements[statements.len() - 1];
+        assert!(
+            with_keyspaces_ttl(cql.clone()).ends_with(
+                "WITH default_time_to_live = 7200 AND custom_properties = {'ttl': {'status': 'enabled'}}"
+            ),
+            "{cql}"
+        );
     }
 
     #[test]

@@ -163,6 +163,27 @@ pub(super) struct PulledFolloweeRow {
     pub(super) floor: Option<String>,
 }
 
+#[derive(scylla::DeserializeRow)]
+pub(super) struct UserRow {
+    pub(super) user: String,
+}
+
+/// A row of `connections` or `pulled_connections`.
+#[derive(scylla::DeserializeRow)]
+pub(super) struct ConnectionRow {
+    pub(super) user: String,
+    pub(super) connection_id: String,
+}
+
+impl From<ConnectionRow> for crate::store::Connection {
+    fn from(row: ConnectionRow) -> Self {
+        crate::store::Connection {
+            user: row.user,
+            id: row.connection_id,
+        }
+    }
+}
+
 /// A user's counts, and when each was last counted.
 #[derive(scylla::DeserializeRow)]
 pub(super) struct CountsRow {

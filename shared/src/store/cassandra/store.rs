@@ -16,18 +16,19 @@ use scylla::value::Row;
 
 use super::errors::store_error;
 use super::rows::{
-    activity_values, rewrite_values, ActivityRow, ActivityValues, AppliedRow, CasRow, CountsRow,
-    CreatedRow, EdgeCasRow, EdgeState, FolloweeRow, FollowerRow, ForeignIdCasRow, ForeignIdRow,
-    GroupRow, IdRow, MarksRow, PulledFolloweeRow, SwapCasRow, VersionedRow, ACTIVITY_COLUMNS,
+    activity_values, rewrite_values, ActivityRow, ActivityValues, AppliedRow, CasRow,
+    ConnectionRow, CountsRow, CreatedRow, EdgeCasRow, EdgeState, FolloweeRow, FollowerRow,
+    ForeignIdCasRow, ForeignIdRow, GroupRow, IdRow, MarksRow, PulledFolloweeRow, SwapCasRow,
+    UserRow, VersionedRow, ACTIVITY_COLUMNS,
 };
 use super::session::LiveSession;
 use super::tally::Tally;
 use super::CassandraConfig;
 use crate::model::{from_micros, Activity, FollowEdge, Relation};
 use crate::store::{
-    Census, Counted, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupWrite, IdRange,
+    Census, Connection, Counted, DayRange, EdgeCheck, EdgeSide, GroupRef, GroupWrite, IdRange,
     NotificationMarks, PulledFollowee, ScanPage, Store, StoreError, StoredGroup, TimelineEntry,
-    UserCounts,
+    UserCounts, CONNECTION_TTL,
 };
 
 /// How many rows or writes are in flight at once for one `insert_timeline` / `delete_timeline`.
@@ -46,6 +47,18 @@ async fn edge_backoff(attempt: u32) {
         let pause = rand::random_range(0..ceiling_us);
         tokio::time::sleep(Duration::from_micros(pause)).await;
     }
+}
+
+/// Values an `IN` list may hold on Amazon Keyspaces.
+const IN_VALUES: usize = 100;
+
+/// Partitions a pulled author's connections are spread over (`pulled_connections.bucket`).
+const CONNECTION_BUCKETS: i32 = 16;
+
+/// The bucket of `user`'s rows in `pulled_connections`: the same on every machine and release.
+fn connection_bucket(user: &str) -> i32 {
+    use sha2::Digest;
+    i32::from(sha2::Sha256::digest(user.as_bytes())[0]) % CONNECTION_BUCKETS
 }
 
 /// Ids are 32 lowercase hex digits: every id sorts after "" and before "g".
@@ -118,6 +131,15 @@ struct Statements {
     activity_get_versioned: PreparedStatement,
     activity_update: PreparedStatement,
     pulled_author_unmark: PreparedStatement,
+    connection_put: PreparedStatement,
+    connection_user_put: PreparedStatement,
+    connection_delete: PreparedStatement,
+    connection_user_delete: PreparedStatement,
+    connection_user_get: PreparedStatement,
+    connections_of: PreparedStatement,
+    pulled_connection_put: PreparedStatement,
+    pulled_connection_delete: PreparedStatement,
+    pulled_connections_of: PreparedStatement,
 }
 
 /// The statements of the operator's tools (whole-table scans, an edge's `followers` row),
@@ -148,6 +170,7 @@ impl CassandraStore {
     /// [`migrate`](fn@super::migrate) first).
     pub async fn new(session: Arc<Session>, cfg: &CassandraConfig) -> Result<Self, StoreError> {
         let ks = cfg.checked_keyspace()?;
+        let ttl = CONNECTION_TTL.as_secs();
         let s = session.as_ref();
         // Idempotent statements may be retried by the driver (e.g. on a connection that died while
         // a Lambda was frozen); lightweight transactions may not.
@@ -211,6 +234,15 @@ impl CassandraStore {
             prepare(s, format!("SELECT {ACTIVITY_COLUMNS}, version FROM {ks}.activities WHERE id = ?"), true),
             prepare(s, format!("UPDATE {ks}.activities SET target = ?, extra = ?, version = ? WHERE id = ? IF actor = ? AND version = ?"), false),
             prepare(s, format!("DELETE FROM {ks}.pulled_authors WHERE actor = ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.connections (user, connection_id, connected_us) VALUES (?, ?, ?) USING TTL {ttl}"), true),
+            prepare(s, format!("INSERT INTO {ks}.connection_users (connection_id, user) VALUES (?, ?) USING TTL {ttl}"), true),
+            prepare(s, format!("DELETE FROM {ks}.connections WHERE user = ? AND connection_id = ?"), true),
+            prepare(s, format!("DELETE FROM {ks}.connection_users WHERE connection_id = ?"), true),
+            prepare(s, format!("SELECT user FROM {ks}.connection_users WHERE connection_id = ?"), true),
+            prepare(s, format!("SELECT user, connection_id FROM {ks}.connections WHERE user IN ?"), true),
+            prepare(s, format!("INSERT INTO {ks}.pulled_connections (author, bucket, user, connection_id) VALUES (?, ?, ?, ?) USING TTL {ttl}"), true),
+            prepare(s, format!("DELETE FROM {ks}.pulled_connections WHERE author = ? AND bucket = ? AND user = ? AND connection_id = ?"), true),
+            prepare(s, format!("SELECT user, connection_id FROM {ks}.pulled_connections WHERE author = ? AND bucket IN ?"), true),
         )?;
         let st = Statements {
             health: st.0,
@@ -269,6 +301,15 @@ impl CassandraStore {
             activity_get_versioned: st.53,
             activity_update: st.54,
             pulled_author_unmark: st.55,
+            connection_put: st.56,
+            connection_user_put: st.57,
+            connection_delete: st.58,
+            connection_user_delete: st.59,
+            connection_user_get: st.60,
+            connections_of: st.61,
+            pulled_connection_put: st.62,
+            pulled_connection_delete: st.63,
+            pulled_connections_of: st.64,
         };
         // Long enough for the claiming request to have finished (each of its few statements is
         // bounded by the request timeout), short enough that a client retrying after a crash
@@ -1539,6 +1580,96 @@ impl Store for CassandraStore {
                 (count(rows.len()), next)
             }
         })
+    }
+
+    async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        let op = "put_connection";
+        let (user, id) = (connection.user.as_str(), connection.id.as_str());
+        tokio::try_join!(
+            self.execute(op, &self.st.connection_put, (user, id, now_us())),
+            self.execute(op, &self.st.connection_user_put, (id, user)),
+        )?;
+        Ok(())
+    }
+
+    async fn delete_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        let op = "delete_connection";
+        let (user, id) = (connection.user.as_str(), connection.id.as_str());
+        tokio::try_join!(
+            self.execute(op, &self.st.connection_delete, (user, id)),
+            self.execute(op, &self.st.connection_user_delete, (id,)),
+        )?;
+        Ok(())
+    }
+
+    async fn connection_user(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<UserRow> = self
+            .get_row("connection_user", &self.st.connection_user_get, (id,))
+            .await?;
+        Ok(row.map(|r| r.user))
+    }
+
+    async fn connections(&self, users: &[String]) -> Result<Vec<Connection>, StoreError> {
+        let reads = users.chunks(IN_VALUES).map(|some| {
+            let some: Vec<&str> = some.iter().map(String::as_str).collect();
+            async move {
+                let op = "connections";
+                let rows: Vec<ConnectionRow> = self
+                    .get_rows(op, &self.st.connections_of, (some,), usize::MAX)
+                    .await?;
+                Ok::<_, StoreError>(rows)
+            }
+        });
+        let found = futures::future::try_join_all(reads).await?;
+        Ok(found.into_iter().flatten().map(Connection::from).collect())
+    }
+
+    async fn put_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[Connection],
+    ) -> Result<(), StoreError> {
+        let writes: Vec<_> = connections
+            .iter()
+            .map(|c| {
+                let values = (author, connection_bucket(&c.user), &c.user, &c.id);
+                self.execute(
+                    "put_pulled_connections",
+                    &self.st.pulled_connection_put,
+                    values,
+                )
+            })
+            .collect();
+        run_concurrently(writes).await
+    }
+
+    async fn delete_pulled_connections(
+        &self,
+        author: &str,
+        connections: &[Connection],
+    ) -> Result<(), StoreError> {
+        let writes: Vec<_> = connections
+            .iter()
+            .map(|c| {
+                let values = (author, connection_bucket(&c.user), &c.user, &c.id);
+                let op = "delete_pulled_connections";
+                self.execute(op, &self.st.pulled_connection_delete, values)
+            })
+            .collect();
+        run_concurrently(writes).await
+    }
+
+    async fn pulled_connections(&self, author: &str) -> Result<Vec<Connection>, StoreError> {
+        let buckets: Vec<i32> = (0..CONNECTION_BUCKETS).collect();
+        let rows: Vec<ConnectionRow> = self
+            .get_rows(
+                "pulled_connections",
+                &self.st.pulled_connections_of,
+                (author, buckets),
+                usize::MAX,
+            )
+            .await?;
+        Ok(rows.into_iter().map(Connection::from).collect())
     }
 }
 
