@@ -270,7 +270,7 @@ async fn a_dead_letter_runs_once_its_cause_is_fixed(s: &Setup) {
     s.drained().await;
     assert_eq!(
         api.flat_ids(&fan).await,
-        [pulled.id.clone()],
+        std::slice::from_ref(&pulled.id),
         "the adopted activity is merged"
     );
     assert_eq!(s.stats().await["queue"]["dead"], json!(0));
@@ -557,14 +557,14 @@ async fn reconcile_cassandra_repairs_both_sides() {
     assert_eq!(followers, [good.clone(), stray.clone(), unfollowed.clone()]);
     assert_eq!(
         api.following(&missing).await,
-        [star.clone()],
+        std::slice::from_ref(&star),
         "the edge exists"
     );
     assert!(
         api.flat_ids(&missing).await.is_empty(),
         "but the fan-out missed it"
     );
-    assert_eq!(api.flat_ids(&stray).await, [posted.clone()]);
+    assert_eq!(api.flat_ids(&stray).await, std::slice::from_ref(&posted));
 
     let names = [&missing[..], &unfollowed, &stray, &good, &star];
     let dry = s.admin(&["reconcile-follows", "--dry-run"]).await;
@@ -603,7 +603,11 @@ async fn reconcile_cassandra_repairs_both_sides() {
     let mut now = api.followers(&star).await;
     now.sort();
     assert_eq!(now, [good.clone(), missing.clone()]);
-    assert_eq!(api.flat_ids(&missing).await, [posted.clone()], "backfilled");
+    assert_eq!(
+        api.flat_ids(&missing).await,
+        std::slice::from_ref(&posted),
+        "backfilled"
+    );
     assert!(api.flat_ids(&stray).await.is_empty(), "purged");
     assert!(api.flat_ids(&unfollowed).await.is_empty(), "purged");
     let counts = |user: String| {
