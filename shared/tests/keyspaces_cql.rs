@@ -199,6 +199,20 @@ fn every_statement_the_project_sends_is_accepted_by_keyspaces() {
 }
 
 #[test]
+fn every_keyspaces_table_keeps_point_in_time_recovery() {
+    let template = read("template.yaml");
+    let all = tables_where(&template, |_| true);
+    assert!(all.len() >= 10, "the template's tables: {all:?}");
+    let recoverable = tables_where(&template, |p| {
+        p["PointInTimeRecoveryEnabled"].as_bool() == Some(true)
+    });
+    assert_eq!(
+        recoverable, all,
+        "PointInTimeRecoveryEnabled: true on every table"
+    );
+}
+
+#[test]
 fn consistency_levels_are_ones_keyspaces_accepts() {
     let source = store_source();
     // Writes LOCAL_QUORUM; reads ONE, LOCAL_ONE or LOCAL_QUORUM; lightweight transactions LOCAL_SERIAL.
@@ -515,6 +529,13 @@ fn template_tables(template: &str) -> (BTreeMap<String, TableShape>, Vec<String>
 
 /// The template's Keyspaces tables with `ClientSideTimestampsEnabled: true`.
 fn client_side_timestamp_tables(template: &str) -> Vec<String> {
+    tables_where(template, |p| {
+        p["ClientSideTimestampsEnabled"].as_bool() == Some(true)
+    })
+}
+
+/// The names of the template's Keyspaces tables whose properties pass `check`.
+fn tables_where(template: &str, check: impl Fn(&Yaml) -> bool) -> Vec<String> {
     let documents = YamlLoader::load_from_str(template).expect("the template parses");
     let Some(resources) = documents.first().and_then(|d| d["Resources"].as_hash()) else {
         return Vec::new();
@@ -522,7 +543,7 @@ fn client_side_timestamp_tables(template: &str) -> Vec<String> {
     resources
         .values()
         .filter(|r| r["Type"].as_str() == Some("AWS::Cassandra::Table"))
-        .filter(|r| r["Properties"]["ClientSideTimestampsEnabled"].as_bool() == Some(true))
+        .filter(|r| check(&r["Properties"]))
         .filter_map(|r| r["Properties"]["TableName"].as_str().map(str::to_owned))
         .collect()
 }

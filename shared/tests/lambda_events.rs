@@ -223,6 +223,18 @@ async fn fanout_function_answers_its_sample_event() {
         .unwrap();
     f.store.put_activity(&sample_activity()).await.unwrap();
     let event: SqsEvent = serde_json::from_str(&event("fanout.json")).expect("an SQS event");
+    // The first message carries the trace of the post that sent it; the second, none.
+    let traces: Vec<_> = event
+        .records
+        .iter()
+        .map(|r| feeds::lambda::queue_message(r.clone()).trace)
+        .collect();
+    assert_eq!(
+        traces[0].start().trace_id,
+        "6a3b2c205e0d8a1f9c2b4d6e8f0a1b2c"
+    );
+    assert!(traces[0].aws_trace_header.is_some() && traces[0].origin_ms.is_some());
+    assert_eq!(traces[1], Default::default());
     let fanout = feeds::fanout::Fanout::new(
         f.store.clone(),
         Arc::new(f.queue.clone()),
