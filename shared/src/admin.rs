@@ -35,8 +35,12 @@ pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
 /// Rows a scan reads per page.
 pub const SCAN_PAGE: usize = 1000;
 
-/// Store reads (or edge checks) in flight at once.
+/// Store reads in flight at once.
 const CONCURRENCY: usize = 16;
+
+/// Edge checks (two single-row reads each) in flight at once: a scan of every edge is most of
+/// what `reconcile-follows` costs.
+const CHECK_CONCURRENCY: usize = 64;
 
 /// A progress line every this many pages of a scan.
 const PROGRESS_EVERY: u64 = 10;
@@ -141,7 +145,7 @@ pub async fn reconcile_follows(
                     let check = store.check_edge(&follower, &followee, !dry_run).await?;
                     Ok::<_, StoreError>(((follower, followee), check))
                 })
-                .buffered(CONCURRENCY)
+                .buffered(CHECK_CONCURRENCY)
                 .try_collect()
                 .await?;
             for (edge, check) in checks {

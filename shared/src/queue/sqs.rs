@@ -223,6 +223,21 @@ impl SqsQueue {
             .collect())
     }
 
+    /// One `SendMessageBatch` to the queue: what it accepted and what it refused.
+    async fn send_entries(
+        &self,
+        entries: Vec<SendMessageBatchRequestEntry>,
+    ) -> Result<aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput, QueueError>
+    {
+        self.client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sqs_error("SendMessageBatch", e))
+    }
+
     pub async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
         self.client
             .delete_message()
@@ -250,19 +265,7 @@ impl Queue for SqsQueue {
                 .enumerate()
                 .map(|(i, job)| entry(i, job, trace.as_ref()))
                 .collect::<Result<Vec<_>, _>>()?;
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| {
-                    QueueError(format!(
-                        "SQS SendMessageBatch failed: {}",
-                        aws_sdk_sqs::error::DisplayErrorContext(e)
-                    ))
-                })?;
+            let out = self.send_entries(entries).await?;
             if let Some(failed) = out.failed.first() {
                 return Err(QueueError(format!(
                     "SQS refused {} of {} messages: {} {}",
@@ -476,14 +479,7 @@ impl QueueAdmin for SqsQueue {
                         .map_err(|e| QueueError(format!("cannot build an SQS entry: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| sqs_error("SendMessageBatch", e))?;
+            let out = self.send_entries(entries).await?;
             // Only what the queue accepted leaves the dead-letter queue; the rest is visible
             // there again after the hold.
             let sent: Vec<&Message> = out
