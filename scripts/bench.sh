@@ -119,7 +119,7 @@ else
   log "Stream-Framework: skipped (tiny)"
 fi
 
-packages=(-p feeds-bench -p feeds-server -p follow -p post-activity -p get-feed -p fanout)
+packages=(-p feeds-bench -p feeds-server -p follow -p post-activity -p get-feed -p fanout -p realtime)
 t_build=$SECONDS
 if [[ ${FEEDS_BENCH_PROFILE:-release} == dev ]]; then
   # Smoke checks only (CI): the test suite's debug build is reused, so only this crate compiles.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs and starts Cassandra (and a second node with
-# password authentication) and ElasticMQ, stopping afterwards only what it started; checks
+# password authentication) and ElasticMQ, stopping afterwards only what it started; installs the
+# Python tools (moto's server, which the realtime tests start, among them); checks
 # formatting; runs every test against the real services; builds the functions' binaries and starts
 # each as Lambda does on its sample event; runs the benchmark at its tiny size, Schemathesis
 # against the OpenAPI document and the fuzz targets for a bounded time; then validates and builds
@@ -42,6 +43,8 @@ start_services() {
   done
 }
 stage "starting Cassandra, the password-auth node and ElasticMQ" start_services
+# moto's server, the Management API the realtime tests post to, lives in the tools' venv.
+stage "installing the Python tools (SAM CLI, cargo-lambda, moto)" bash scripts/python-tools.sh
 
 export FEEDS_CASSANDRA_NODES=${FEEDS_CASSANDRA_NODES:-127.0.0.1:9042}
 export FEEDS_SQS_ENDPOINT=${FEEDS_SQS_ENDPOINT:-http://127.0.0.1:9324}
@@ -57,7 +60,7 @@ stage "running the tests" cargo test --workspace --locked --no-fail-fast
 # The dev profile: the same code as the release binaries, which `sam build` below compiles and links
 # for arm64; an x86 release build here would add minutes and test nothing more.
 stage "building the functions' binaries (dev profile)" \
-  cargo build --locked -p follow -p post-activity -p get-feed -p fanout
+  cargo build --locked -p follow -p post-activity -p get-feed -p fanout -p realtime
 stage "starting each function binary as Lambda does" \
   env FEEDS_FUNCTIONS_DIR="$ROOT/target/debug" \
   cargo test --locked -p feeds-bench --test shipped_binaries -- --ignored --nocapture --test-threads=1

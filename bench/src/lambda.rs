@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::stats::{summarize, Summary};
 use crate::{log, Ctx, KEYSPACE};
 
-pub const FUNCTIONS: [(&str, &str, &str); 4] = [
+pub const FUNCTIONS: [(&str, &str, &str); 5] = [
     ("follow", "FollowFunction", "follow.json"),
     (
         "post-activity",
@@ -23,6 +23,7 @@ pub const FUNCTIONS: [(&str, &str, &str); 4] = [
     ),
     ("get-feed", "GetFeedFunction", "get-feed-flat.json"),
     ("fanout", "FanoutFunction", "fanout.json"),
+    ("realtime", "RealtimeFunction", "realtime-connect.json"),
 ];
 
 /// Warm events after the first, per run.

@@ -4,10 +4,10 @@
 //! function's initialisation time (process start → its first `next` request), first-event latency,
 //! peak RSS and binary size.
 //!
-//! The binaries come from `cargo build --release -p follow -p post-activity -p get-feed -p fanout`
-//! (in `target/release`, or `FEEDS_FUNCTIONS_DIR`); `scripts/test.sh` builds them in the dev profile
-//! and runs these tests with `FEEDS_FUNCTIONS_DIR=target/debug --ignored --nocapture` (the figures
-//! printed then are a debug build's).
+//! The binaries come from `cargo build --release -p follow -p post-activity -p get-feed -p fanout
+//! -p realtime` (in `target/release`, or `FEEDS_FUNCTIONS_DIR`); `scripts/test.sh` builds them in
+//! the dev profile and runs these tests with `FEEDS_FUNCTIONS_DIR=target/debug --ignored
+//! --nocapture` (the figures printed then are a debug build's).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ fn binary(function: &str) -> PathBuf {
     assert!(
         bin.is_file(),
         "{} is missing: build it with `cargo build --release --locked -p follow -p post-activity \
-         -p get-feed -p fanout` (scripts/test.sh does)",
+         -p get-feed -p fanout -p realtime` (scripts/test.sh does)",
         bin.display()
     );
     bin
@@ -101,7 +101,8 @@ fn http(answer: &Value) -> (u64, Value) {
 
 /// The sample events in the order a user meets them: usr_02 follows usr_01, usr_01 posts, the
 /// fan-out's sample batch runs (a deliver of an activity that does not exist, and usr_02's backfill
-/// from usr_01), and usr_02 reads a flat feed holding usr_01's post exactly once.
+/// from usr_01), usr_02 reads a flat feed holding usr_01's post exactly once, then opens and
+/// closes a realtime connection.
 async fn sample_events_in_order(mode: &str, env: &[(&str, String)], store: &dyn Store) -> String {
     let (status, body) = http(&invoke("follow", mode, env, "follow.json").await);
     assert_eq!(status, 201, "follow: {body}");
@@ -142,6 +143,21 @@ async fn sample_events_in_order(mode: &str, env: &[(&str, String)], store: &dyn 
         .map(|a| a["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [id.as_str()], "usr_02's flat feed: {body}");
+
+    // usr_02 opens a realtime connection, then closes it.
+    let connection = "Xq3vKdTRoAMCJkQ=";
+    let answer = invoke("realtime", mode, env, "realtime-connect.json").await;
+    assert_eq!(answer["statusCode"], 200, "realtime $connect: {answer}");
+    let user = store.connection_user(connection).await.unwrap();
+    assert_eq!(
+        user.as_deref(),
+        Some("usr_02"),
+        "the connection is recorded"
+    );
+    let answer = invoke("realtime", mode, env, "realtime-disconnect.json").await;
+    assert_eq!(answer["statusCode"], 200, "realtime $disconnect: {answer}");
+    let user = store.connection_user(connection).await.unwrap();
+    assert_eq!(user, None, "the connection is forgotten");
     id
 }
 

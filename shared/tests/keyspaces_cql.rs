@@ -713,3 +713,61 @@ fn the_schema_reader_reads_keys_clustering_orders_and_collection_types() {
         assert_eq!(cql_table(cql).err().as_deref(), Some(why), "{cql}");
     }
 }
+
+/// `default_time_to_live` of each table of a CQL schema that sets one.
+fn schema_ttls(schema: &str) -> BTreeMap<String, i64> {
+    let mut ttls = BTreeMap::new();
+    for statement in schema_statements(schema) {
+        let lower = statement.to_ascii_lowercase();
+        let Some(at) = lower.find("default_time_to_live") else {
+            continue;
+        };
+        let value: String = lower[at..]
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let (name, _) = cql_table(&statement).unwrap();
+        ttls.insert(name, value.parse().unwrap());
+    }
+    ttls
+}
+
+/// `DefaultTimeToLive` of each `AWS::Cassandra::Table` of a template that sets one.
+fn template_ttls(template: &str) -> BTreeMap<String, i64> {
+    let documents = YamlLoader::load_from_str(template).expect("the template parses");
+    let resources = documents[0]["Resources"].as_hash().unwrap();
+    resources
+        .values()
+        .filter(|r| r["Type"].as_str() == Some("AWS::Cassandra::Table"))
+        .filter_map(|r| {
+            let properties = &r["Properties"];
+            let ttl = properties["DefaultTimeToLive"].as_i64()?;
+            Some((properties["TableName"].as_str()?.to_owned(), ttl))
+        })
+        .collect()
+}
+
+#[test]
+fn connection_records_expire_alike_in_the_schema_the_template_and_the_stores() {
+    let schema = schema_ttls(&read("etc/schema.cql"));
+    let ttl = i64::try_from(feeds::store::CONNECTION_TTL.as_secs()).unwrap();
+    let expected: BTreeMap<String, i64> = ["connections", "connection_users", "pulled_connections"]
+        .into_iter()
+        .map(|t| (t.to_owned(), ttl))
+        .collect();
+    assert_eq!(schema, expected, "etc/schema.cql");
+    assert_eq!(
+        template_ttls(&read("template.yaml")),
+        expected,
+        "template.yaml"
+    );
+    // What the Cassandra store writes, `USING TTL` the same.
+    let source = store_source();
+    for table in expected.keys() {
+        let insert = format!("INSERT INTO {{ks}}.{table} ");
+        let at = source.find(&insert).unwrap_or_else(|| panic!("{insert}"));
+        let line = source[at..].lines().next().unwrap();
+        assert!(line.contains("USING TTL {ttl}"), "{line}");
+    }
+}

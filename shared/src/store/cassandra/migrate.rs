@@ -291,11 +291,11 @@ mod tests {
                 "notification_marks",
                 "user_counts",
                 "rate_windows",
-                "followers",
-                "following",
                 "connections",
                 "connection_users",
-                "pulled_connections"
+                "pulled_connections",
+                "followers",
+                "following"
             ]
         );
         for (table, cql) in &statements {
@@ -329,7 +329,7 @@ mod tests {
             with_ttl,
             ["connections", "connection_users", "pulled_connections"]
         );
-        let (_, cql) = &statements[statements.len() - 1];
+        let (_, cql) = statements.iter().find(|(t, _)| t == "connections").unwrap();
         assert!(
             with_keyspaces_ttl(cql.clone()).ends_with(
                 "WITH default_time_to_live = 7200 AND custom_properties = {'ttl': {'status': 'enabled'}}"
