@@ -493,8 +493,27 @@ async fn reconcile_embedded_finds_nothing_to_repair() {
 /// the fan-out meanwhile delivers by the `followers` side. A dry run lists them and changes
 /// nothing; the repair, with the server running, makes the `followers` side agree with the edges,
 /// and the jobs it enqueues fix the feeds and counts. A second run finds nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reconcile_cassandra_repairs_both_sides() {
+/// Run on threads with 16 MiB stacks: in a debug build, this test's futures overflow tokio's
+/// default 2 MiB.
+#[test]
+fn reconcile_cassandra_repairs_both_sides() {
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .thread_stack_size(16 << 20)
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(reconcile_cassandra_repairs_both_sides_body())
+        })
+        .expect("a thread")
+        .join()
+        .expect("the test passes");
+}
+
+async fn reconcile_cassandra_repairs_both_sides_body() {
     let keyspace = "feeds_admin_reconcile";
     let (s, _queue) = Setup::cassandra("admin_reconcile", keyspace, 5, &[]).await;
     let api = Api::new(&s.server);
