@@ -23,6 +23,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_feeds-server");
 const WAIT: Duration = Duration::from_secs(20);
+/// How long the fan-out may take to settle: an `Adopt` that runs before its author's mark is
+/// visible is retried after the queue's visibility timeout (30 s).
+const DRAIN: Duration = Duration::from_secs(90);
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -118,7 +121,7 @@ async fn realtime_messages_follow_the_feeds(server: &Server) {
     }
 
     api.follow(&fan, &star).await;
-    until_drained(queue, WAIT).await;
+    until_drained(queue, DRAIN).await;
     let mut fan_socket = connect(server, &fan, false).await;
     let mut friend_socket = connect(server, &friend, true).await;
 
@@ -174,9 +177,9 @@ async fn pulled_authors_activities_are_pushed(server: &Server) {
     let (fan1, fan2, fan3) = (unique("fan1"), unique("fan2"), unique("fan3"));
     api.follow(&fan1, &star).await;
     api.follow(&fan2, &star).await;
-    until_drained(queue, WAIT).await;
+    until_drained(queue, DRAIN).await;
     let p0 = post(&api, &star, json!({"actor": star, "object": "o0"})).await;
-    until_drained(queue, WAIT).await;
+    until_drained(queue, DRAIN).await;
 
     // Connected after it became a pulled author.
     let mut fan1_socket = connect(server, &fan1, false).await;
@@ -196,7 +199,7 @@ async fn pulled_authors_activities_are_pushed(server: &Server) {
             activity_message("flat", &p1.text)
         ])
     );
-    until_drained(queue, WAIT).await;
+    until_drained(queue, DRAIN).await;
     let p2 = post(&api, &star, json!({"actor": star, "object": "o2"})).await;
     for socket in [&mut fan1_socket, &mut fan3_socket] {
         assert_eq!(next_text(socket).await, activity_message("flat", &p2.text));
@@ -216,7 +219,7 @@ async fn pulled_authors_activities_are_pushed(server: &Server) {
         next_sorted(&mut fan3_socket, 2).await,
         sorted(left.to_vec())
     );
-    until_drained(queue, WAIT).await;
+    until_drained(queue, DRAIN).await;
     let p3 = post(
         &api,
         &star,
@@ -235,7 +238,7 @@ async fn pulled_authors_activities_are_pushed(server: &Server) {
         ]),
         "a notification, and no flat activity"
     );
-    until_drained(queue, WAIT).await;
+    until_drained(queue, DRAIN).await;
     mark(&api, &fan3, "read", json!({"unseen": 0, "unread": 0})).await;
     assert_eq!(
         next_text(&mut fan3_socket).await,
@@ -262,14 +265,14 @@ async fn counts_are_pushed_after_a_mark(server: &Server) {
             counts_message(1, 1)
         ])
     );
-    until_drained(server.queue(), WAIT).await;
+    until_drained(server.queue(), DRAIN).await;
     mark(&api, &reader, "seen", json!({"unseen": 0, "unread": 1})).await;
     assert_eq!(next_text(&mut socket).await, counts_message(0, 1));
     mark(&api, &reader, "read", json!({"unseen": 0, "unread": 0})).await;
     assert_eq!(next_text(&mut socket).await, counts_message(0, 0));
     // Changes nothing: the next message is the next notification's.
     mark(&api, &reader, "read", json!({"unseen": 0, "unread": 0})).await;
-    until_drained(server.queue(), WAIT).await;
+    until_drained(server.queue(), DRAIN).await;
     let second = post(
         &api,
         &author,

@@ -147,9 +147,7 @@ impl Fanout {
             return;
         }
         let to = realtime.connections(users).await;
-        let mut connected: Vec<&str> = to.iter().map(|c| c.user.as_str()).collect();
-        connected.sort_unstable();
-        connected.dedup();
+        let connected = realtime::users_of(&to);
         let mut messages = Vec::with_capacity(connected.len() * activities.len());
         for user in connected {
             for a in activities {
@@ -170,9 +168,7 @@ impl Fanout {
             .filter_map(|o| notify::user_of_feed(o).map(str::to_owned))
             .collect();
         let to = realtime.connections(&users).await;
-        let mut connected: Vec<&str> = to.iter().map(|c| c.user.as_str()).collect();
-        connected.sort_unstable();
-        connected.dedup();
+        let connected = realtime::users_of(&to);
         let mut messages = Vec::with_capacity(connected.len());
         for user in connected {
             let marks = self

@@ -25,8 +25,12 @@
 //!   `store`.
 //! - [`notify`]: notification feeds (a timeline per user under its own key, grouped by verb,
 //!   object and day) and their unseen and unread groups. Uses `model`, `store`, `aggregate`.
-//! - [`fanout`]: runs fan-out jobs and the one in-process worker loop, each message within its
-//!   trace. Uses `store`, `queue`, `aggregate`, `notify`, `trace`, `metrics`.
+//! - [`realtime`]: realtime messages, the connections recorded in the store, and pushing them
+//!   through a [`realtime::Transport`] (API Gateway's Management API with feature `apigw`). Uses
+//!   `model`, `notify`, `store`.
+//! - [`fanout`]: runs fan-out jobs (pushing what they change to realtime connections) and the one
+//!   in-process worker loop, each message within its trace. Uses `store`, `queue`, `aggregate`,
+//!   `notify`, `realtime`, `trace`, `metrics`.
 //! - [`error`]: the crate's one error for the service's operations ([`Error`]).
 //! - [`service`]: each operation of the API, with its checks and the ordering (and undo) of its
 //!   writes. Uses all of the above; knows no entry point.
@@ -37,8 +41,8 @@
 //!   the rebuild of a user's feeds. Uses `store`, `queue`, `aggregate`, `notify`, `fanout`.
 //! - [`config`]: the typed [`config::Settings`], read once, and the one place the backends, the
 //!   service and the HTTP app are built from them.
-//! - `lambda` (feature `aws`): the Lambda entry points and the SQS event adapter (with the trace an
-//!   event's attributes carry).
+//! - `lambda` (feature `aws`): the Lambda entry points, the SQS event adapter (with the trace an
+//!   event's attributes carry) and the WebSocket event handler of the realtime function.
 //!
 //! The entry points (the functions in `functions/`, the server in `server/`) depend on this crate
 //! only, and share nothing else.

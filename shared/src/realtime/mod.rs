@@ -156,15 +156,6 @@ impl Realtime {
         }
     }
 
-    /// Sends each `(user, message)` to that user's connections.
-    pub async fn publish(&self, messages: &[(String, Message)]) {
-        let mut users: Vec<String> = messages.iter().map(|(u, _)| u.clone()).collect();
-        users.sort_unstable();
-        users.dedup();
-        let to = self.connections(&users).await;
-        self.send(&to, messages).await;
-    }
-
     /// Sends each `(user, message)` to that user's connections among `to`, in order.
     pub async fn send(&self, to: &[Connection], messages: &[(String, Message)]) {
         if to.is_empty() {
@@ -250,6 +241,14 @@ impl Realtime {
             })
             .await;
     }
+}
+
+/// The users `connections` belong to, each once.
+pub fn users_of(connections: &[Connection]) -> Vec<&str> {
+    let mut users: Vec<&str> = connections.iter().map(|c| c.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    users
 }
 
 fn encode(message: &Message) -> Option<Arc<str>> {
