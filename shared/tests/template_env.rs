@@ -2,9 +2,11 @@
 //! function only the variables its template declares: an `--env-vars` entry for any other is
 //! dropped without a word. The names read are recorded while the settings are read the way a
 //! function reads them at start-up, under each configuration a deployment or `sam local` uses.
+//! The local template and env.json of scripts/sam-local.sh follow template.yaml.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use feeds::auth::DEV_PUBLIC_KEY_PEM;
 use feeds::config::{Defaults, LogSettings, Settings};
@@ -17,10 +19,17 @@ const SET_BY_LAMBDA: [&str; 2] = ["AWS_LAMBDA_FUNCTION_NAME", "AWS_REGION"];
 /// Read by the shared settings for the standalone server: no Lambda function uses them.
 const SERVER_ONLY: [&str; 3] = ["FEEDS_BIND", "FEEDS_EXIT_ON_STDIN_EOF", "FEEDS_SQLITE_PATH"];
 
-fn template() -> Yaml {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn load(path: &Path) -> Yaml {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+fn template() -> Yaml {
+    load(&root().join("template.yaml"))
 }
 
 fn keys(map: &Yaml) -> BTreeSet<String> {
@@ -141,4 +150,66 @@ fn the_template_declares_every_variable_the_functions_read() {
              Globals (\"\" when unused), or `sam local --env-vars` cannot set it"
         );
     }
+}
+
+/// The value at `path` (map keys) in `doc`, to change.
+fn at<'a>(doc: &'a mut Yaml, path: &[&str]) -> &'a mut Yaml {
+    path.iter().fold(doc, |node, key| match node {
+        Yaml::Hash(map) => map
+            .get_mut(&Yaml::String((*key).to_owned()))
+            .unwrap_or_else(|| panic!("no {key} in the template")),
+        _ => panic!("{key}: not a map"),
+    })
+}
+
+#[test]
+fn the_sam_local_files_follow_the_template() {
+    let dir = std::env::temp_dir().join(format!("sam-local-render-{}", std::process::id()));
+    let status = Command::new("bash")
+        .arg(root().join("scripts/sam-local.sh"))
+        .args(["render".as_ref(), dir.as_os_str()])
+        .env("FEEDS_SAM_LOCAL_ADDRESS", "192.0.2.10")
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/sam-local.sh render: {status}");
+
+    // template.yaml but for the machine's architecture and each function's code directory.
+    let mut expected = template();
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        other => other,
+    };
+    *at(&mut expected, &["Globals", "Function", "Architectures"]) =
+        Yaml::Array(vec![Yaml::String(arch.to_owned())]);
+    let functions: Vec<String> = declared(&expected).into_keys().collect();
+    for function in &functions {
+        let code = at(
+            &mut expected,
+            &["Resources", function, "Properties", "CodeUri"],
+        );
+        let crate_dir = code.as_str().unwrap().strip_prefix("functions/").unwrap();
+        let local = dir.join("code").join(crate_dir);
+        *code = Yaml::String(local.to_str().unwrap().to_owned());
+    }
+    assert!(
+        load(&dir.join("template.yaml")) == expected,
+        "the local template is not template.yaml with only the architecture and the CodeUris changed"
+    );
+
+    // Every variable of env.json is declared (sam local would drop it silently), for each function.
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("env.json")).unwrap()).unwrap();
+    let vars = env["Parameters"]
+        .as_object()
+        .expect("env.json's Parameters");
+    assert_eq!(vars["FEEDS_CASSANDRA_NODES"], "192.0.2.10:9042");
+    for (function, declared) in declared(&expected) {
+        for name in vars.keys() {
+            assert!(
+                declared.contains(name),
+                "env.json sets {name}, which {function} does not declare in template.yaml"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
