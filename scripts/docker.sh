@@ -24,12 +24,9 @@ source "$ROOT/scripts/lib/service.sh"
 
 install() {
   if command -v dockerd >/dev/null && command -v docker >/dev/null; then return 0; fi
-  [[ $(id -u) == 0 ]] || die "the Docker engine (dockerd) is missing; installing Debian's docker.io needs root"
   # Without recommends: the engine is all that is needed (they add needrestart, git, apparmor...).
-  log "installing Debian's docker.io (dockerd, containerd, runc; ~20 s)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends docker.io >&2 ||
-    { apt-get update >&2 && apt-get install -y --no-install-recommends docker.io >&2; }
+  log "installing Debian's docker.io (dockerd, containerd, runc; ~20 s; apt's log: $HOME_DIR/apt.log)"
+  apt_install "$HOME_DIR/apt.log" docker.io
   log "installed: $(command -v dockerd)"
 }
 

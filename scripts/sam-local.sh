@@ -38,6 +38,8 @@ KEYSPACE=feeds
 
 log() { echo "sam-local.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
+# shellcheck source=lib/service.sh
+source "$ROOT/scripts/lib/service.sh" # apt_install
 t_start=$SECONDS
 took() { echo "$((SECONDS - $1)) s"; }
 
@@ -147,10 +149,8 @@ base_image() {
   [[ $id == debian && -n $suite ]] ||
     die "no $BASE_IMAGE, and it is built with Debian's mmdebstrap, for a Debian host ($id here): import a root filesystem holding glibc, /bin/sh, mv, chmod and /etc/ssl/certs/ca-certificates.crt under that tag"
   if ! command -v mmdebstrap >/dev/null; then
-    [[ $(id -u) == 0 ]] || die "mmdebstrap is missing; installing it needs root"
-    log "installing Debian's mmdebstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mmdebstrap >&2 ||
-      { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mmdebstrap >&2; }
+    log "installing Debian's mmdebstrap (apt's log: $DIR/apt.log)"
+    apt_install "$DIR/apt.log" mmdebstrap
   fi
   local t=$SECONDS
   log "building the stand-in base image $BASE_IMAGE: Debian $suite's $BASE_PACKAGES (first run only; ~15 s)"
