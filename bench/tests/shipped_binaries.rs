@@ -489,6 +489,29 @@ impl Latency {
     }
 }
 
+/// `follower` follows `following` over HTTP, timed: `201` and the edge.
+async fn follow_over_http(api: &Api, latency: &mut Latency, follower: &str, following: &str) {
+    let body = json!({"follower": follower, "following": following});
+    let token = token(follower);
+    let call = api.send(Method::POST, "/follow", Some(&token), Some(body));
+    let followed = latency.time("follow", call).await;
+    assert_eq!(followed.status, StatusCode::CREATED, "{}", followed.body);
+    let edge = (&followed.body["follower"], &followed.body["following"]);
+    assert_eq!(edge, (&json!(follower), &json!(following)));
+}
+
+/// `actor` posts photo `n` (foreign id `sam:<n>`) over HTTP, timed: `201` and the activity's id.
+async fn post_over_http(api: &Api, latency: &mut Latency, actor: &str, n: u32) -> String {
+    let body = json!({"actor": actor, "verb": "post", "object": format!("photo:{n}"),
+        "foreign_id": format!("sam:{n}")});
+    let token = token(actor);
+    let call = api.send(Method::POST, "/activities", Some(&token), Some(body));
+    let posted = latency.time("post-activity", call).await;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+    assert_eq!(posted.body["actor"], json!(actor));
+    posted.body["id"].as_str().unwrap().to_owned()
+}
+
 /// The ids of a feed page's activities, or of a page of groups' activities.
 fn page_ids(body: &Value, groups: bool) -> Vec<String> {
     let results = body["results"].as_array().expect("results");
@@ -530,7 +553,7 @@ async fn sam_local_invoke_and_start_api() {
     };
     let mut latency = Latency::default();
     let (a, b, c) = (unique("sam_a"), unique("sam_b"), unique("sam_c"));
-    let (ta, tb, tc) = (token(&a), token(&b), token(&c));
+    let tb = token(&b);
 
     let health = latency.time("get-feed", api.send(Method::GET, "/health", None, None));
     let health = health.await;
@@ -539,27 +562,8 @@ async fn sam_local_invoke_and_start_api() {
         (StatusCode::OK, json!({"status": "ok"}))
     );
 
-    let follow = json!({"follower": b, "following": a});
-    let followed = latency.time(
-        "follow",
-        api.send(Method::POST, "/follow", Some(tb.as_str()), Some(follow)),
-    );
-    let followed = followed.await;
-    assert_eq!(followed.status, StatusCode::CREATED, "{}", followed.body);
-    assert_eq!(
-        (&followed.body["follower"], &followed.body["following"]),
-        (&json!(b), &json!(a))
-    );
-
-    let post = json!({"actor": a, "verb": "post", "object": "photo:1", "foreign_id": "sam:1"});
-    let posted = latency.time(
-        "post-activity",
-        api.send(Method::POST, "/activities", Some(ta.as_str()), Some(post)),
-    );
-    let posted = posted.await;
-    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
-    assert_eq!(posted.body["actor"], json!(a));
-    let id1 = posted.body["id"].as_str().unwrap().to_owned();
+    follow_over_http(&api, &mut latency, &b, &a).await;
+    let id1 = post_over_http(&api, &mut latency, &a, 1).await;
 
     // The follow's backfill and recounts, the post's delivery and recount.
     let batch = receive_at_least(&queue, 5).await;
@@ -604,20 +608,8 @@ async fn sam_local_invoke_and_start_api() {
     );
 
     // Warm calls: c follows a, a posts again.
-    let follow = json!({"follower": c, "following": a});
-    let followed = latency.time(
-        "follow",
-        api.send(Method::POST, "/follow", Some(tc.as_str()), Some(follow)),
-    );
-    assert_eq!(followed.await.status, StatusCode::CREATED);
-    let post = json!({"actor": a, "verb": "post", "object": "photo:2", "foreign_id": "sam:2"});
-    let posted = latency.time(
-        "post-activity",
-        api.send(Method::POST, "/activities", Some(ta.as_str()), Some(post)),
-    );
-    let posted = posted.await;
-    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
-    let id2 = posted.body["id"].as_str().unwrap().to_owned();
+    follow_over_http(&api, &mut latency, &c, &a).await;
+    let id2 = post_over_http(&api, &mut latency, &a, 2).await;
 
     // The API's own answers: no token, no route, a method the path does not take.
     let anonymous = latency
@@ -675,14 +667,7 @@ async fn sam_local_invoke_and_start_api() {
 
     // By hand, as the README runs the fan-out: scripts/sam-local.sh fanout empties the queue
     // through `sam local invoke`.
-    let post = json!({"actor": a, "verb": "post", "object": "photo:3", "foreign_id": "sam:3"});
-    let posted = latency.time(
-        "post-activity",
-        api.send(Method::POST, "/activities", Some(ta.as_str()), Some(post)),
-    );
-    let posted = posted.await;
-    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
-    let id3 = posted.body["id"].as_str().unwrap().to_owned();
+    let id3 = post_over_http(&api, &mut latency, &a, 3).await;
     let script = Path::new(REPO).join("scripts/sam-local.sh");
     let status = tokio::process::Command::new("bash")
         .arg(script)
