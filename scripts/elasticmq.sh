@@ -2,24 +2,28 @@
 # Local ElasticMQ (SQS API, AWS JSON and query protocols) on 127.0.0.1:9324, run from Maven
 # Central jars (no Docker). Queues come from etc/elasticmq.conf.
 #   scripts/elasticmq.sh install|start|stop|restart|status
-# State (jars, logs, pid) lives under $FEEDS_STATE_DIR (default <repo>/.local).
+# State (jars, logs, pid) lives under $FEEDS_STATE_DIR (default <repo>/.local). A second server
+# beside the first takes its own FEEDS_ELASTICMQ_INSTANCE (state directory name, default
+# elasticmq) and FEEDS_ELASTICMQ_ADDRESS (default 127.0.0.1): scripts/sam-local.sh runs one.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${FEEDS_STATE_DIR:-$ROOT/.local}
-HOME_DIR=$STATE/elasticmq
-LIB=$HOME_DIR/lib
+INSTANCE=${FEEDS_ELASTICMQ_INSTANCE:-elasticmq}
+HOME_DIR=$STATE/$INSTANCE
+LIB=$STATE/elasticmq/lib # the jars, shared by every instance
 LOG=$HOME_DIR/elasticmq.log
 PID_FILE=$HOME_DIR/elasticmq.pid
 POM=$ROOT/etc/maven/elasticmq/pom.xml
-CONF=$ROOT/etc/elasticmq.conf
-URL=http://127.0.0.1:9324
+ADDRESS=${FEEDS_ELASTICMQ_ADDRESS:-127.0.0.1}
+PORT=9324
+URL=http://$ADDRESS:$PORT
 START_TIMEOUT=${FEEDS_ELASTICMQ_START_TIMEOUT:-60}
 # The queues etc/elasticmq.conf defines: ElasticMQ creates them just after it starts answering,
 # so start waits until they are listed.
 QUEUES=(fanout fanout-dlq)
 
-log() { echo "elasticmq.sh: $*" >&2; }
+log() { echo "elasticmq.sh${FEEDS_ELASTICMQ_INSTANCE:+ ($INSTANCE)}: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 # Install a Debian package only when its command is missing (a fresh machine, whose
@@ -38,13 +42,14 @@ install() {
   local sum; sum=$(sha256sum "$POM" | cut -d' ' -f1)
   [[ $(cat "$LIB/.pom.sha256" 2>/dev/null) == "$sum" ]] && return 0
   log "copying ElasticMQ jars from Maven Central into $LIB (first use)"
-  mkdir -p "$HOME_DIR"
+  mkdir -p "$(dirname "$LIB")"
   rm -rf "$LIB.tmp"
   # Plugin pinned: Debian's Maven 3.8.7 would otherwise pick an old 2.x plugin.
+  local install_log; install_log=$(dirname "$LIB")/install.log
   if ! mvn -B -ntp -f "$POM" -DoutputDirectory="$LIB.tmp" \
-      org.apache.maven.plugins:maven-dependency-plugin:3.10.0:copy-dependencies >"$HOME_DIR/install.log" 2>&1; then
-    tail -n 30 "$HOME_DIR/install.log" >&2
-    die "maven failed (full log: $HOME_DIR/install.log)"
+      org.apache.maven.plugins:maven-dependency-plugin:3.10.0:copy-dependencies >"$install_log" 2>&1; then
+    tail -n 30 "$install_log" >&2
+    die "maven failed (full log: $install_log)"
   fi
   echo "$sum" >"$LIB.tmp/.pom.sha256"
   rm -rf "$LIB" && mv "$LIB.tmp" "$LIB"
@@ -74,7 +79,19 @@ ready() {
   for q in "${QUEUES[@]}"; do [[ $body == *"/$q\""* ]] || return 1; done
 }
 
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/9324) 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$ADDRESS/$PORT") 2>/dev/null; }
+
+# etc/elasticmq.conf, bound to (and naming in queue URLs) $ADDRESS instead of loopback.
+config() {
+  local conf=$ROOT/etc/elasticmq.conf
+  if [[ $ADDRESS == 127.0.0.1 ]]; then echo "$conf"; return; fi
+  mkdir -p "$HOME_DIR"
+  sed -e "s/bind-hostname = \"127\.0\.0\.1\"/bind-hostname = \"$ADDRESS\"/" \
+    -e "s/host = localhost/host = \"$ADDRESS\"/" "$conf" >"$HOME_DIR/elasticmq.conf"
+  grep -q "bind-hostname = \"$ADDRESS\"" "$HOME_DIR/elasticmq.conf" ||
+    die "etc/elasticmq.conf has no bind-hostname line to change"
+  echo "$HOME_DIR/elasticmq.conf"
+}
 
 start() {
   local pid
@@ -84,14 +101,16 @@ start() {
   elif answering; then
     log "something else already answers SQS on $URL; using it"; return 0
   elif port_open; then
-    die "127.0.0.1:9324 is taken by something that does not answer SQS"
+    die "$ADDRESS:$PORT is taken by something that does not answer SQS"
   else
     install
-    log "starting ElasticMQ ($(basename "$(ls "$LIB"/elasticmq-server_*.jar)" .jar))"
+    mkdir -p "$HOME_DIR"
+    local conf; conf=$(config)
+    log "starting ElasticMQ ($(basename "$(ls "$LIB"/elasticmq-server_*.jar)" .jar)) on $ADDRESS:$PORT"
     # setsid: its own session, so the caller's Ctrl-C or process-group cleanup leaves it running.
     # C1 only and a small heap: it starts in a few seconds and needs little for tests.
     setsid nohup java -Xms64m -Xmx512m -XX:TieredStopAtLevel=1 \
-      "-Dconfig.file=$CONF" -cp "$LIB/*" org.elasticmq.server.Main \
+      "-Dconfig.file=$conf" -cp "$LIB/*" org.elasticmq.server.Main \
       >"$LOG" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$PID_FILE"

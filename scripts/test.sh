@@ -5,9 +5,11 @@
 # formatting; runs every test against the real services; builds the functions' binaries and starts
 # each as Lambda does on its sample event; runs the benchmark at its tiny size, Schemathesis
 # against the OpenAPI document and the fuzz targets for a bounded time; then validates and builds
-# the SAM template.
-#   FEEDS_SKIP_SAM=1 scripts/test.sh    skip `sam validate --lint` and `sam build`
-#   FEEDS_SKIP_FUZZ=1 scripts/test.sh   skip the fuzz targets (their first build takes minutes)
+# the SAM template, and runs the same binaries under `sam local invoke` and `sam local start-api`
+# in Docker (scripts/sam-local.sh check: installs and starts the engine when none runs).
+#   FEEDS_SKIP_SAM=1 scripts/test.sh        skip `sam validate --lint`, `sam build` and `sam local`
+#   FEEDS_SKIP_SAM_LOCAL=1 scripts/test.sh  skip only `sam local` (Docker)
+#   FEEDS_SKIP_FUZZ=1 scripts/test.sh       skip the fuzz targets (their first build takes minutes)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,9 +63,12 @@ stage "running the tests" cargo test --workspace --locked --no-fail-fast
 # for arm64; an x86 release build here would add minutes and test nothing more.
 stage "building the functions' binaries (dev profile)" \
   cargo build --locked -p follow -p post-activity -p get-feed -p fanout -p realtime
+binaries=${CARGO_TARGET_DIR:-target}/debug
+[[ $binaries == /* ]] || binaries=$ROOT/$binaries
 stage "starting each function binary as Lambda does" \
-  env FEEDS_FUNCTIONS_DIR="$ROOT/target/debug" \
-  cargo test --locked -p feeds-bench --test shipped_binaries -- --ignored --nocapture --test-threads=1
+  env FEEDS_FUNCTIONS_DIR="$binaries" \
+  cargo test --locked -p feeds-bench --test shipped_binaries -- --ignored --nocapture --test-threads=1 \
+  --skip sam_local
 
 stage "benchmark smoke check (tiny size, debug binaries: the numbers mean nothing)" \
   env FEEDS_BENCH_PROFILE=dev bash scripts/bench.sh --tiny
@@ -77,6 +82,10 @@ fi
 if [[ ${FEEDS_SKIP_SAM:-0} != 1 ]]; then
   stage "validating and building the SAM template (arm64, unoptimised)" \
     env FEEDS_SAM_QUICK=1 bash scripts/sam-check.sh
+  if [[ ${FEEDS_SKIP_SAM_LOCAL:-0} != 1 ]]; then
+    stage "sam local invoke and start-api in Docker (the binaries above, x86_64)" \
+      env FEEDS_FUNCTIONS_DIR="$binaries" bash scripts/sam-local.sh check
+  fi
 fi
 log "all passed in $((SECONDS - t_all)) s; by stage:"
 printf 'test.sh: %s\n' "${timings[@]}" >&2

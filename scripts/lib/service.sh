@@ -1,5 +1,6 @@
-# Sourced by the scripts that run a local service by hand (scripts/redis.sh): the process checks,
-# the Debian install, the stop sequence and the command line. The caller defines log(), PID_FILE,
+# Sourced by the scripts that run a local service by hand (scripts/redis.sh, scripts/docker.sh): the
+# process checks, the Debian install, the stop sequence and the command line. The caller defines
+# log(), die(), PID_FILE,
 # SERVICE_CMD (a string its process's command line holds), LOG (the server's output), answering()
 # (a real request to it) and the install/start/stop/status functions.
 
@@ -9,6 +10,21 @@ need() {
   command -v "$1" >/dev/null && return 0
   log "installing Debian package $2"
   apt-get install -y "$2" >&2 || { apt-get update >&2 && apt-get install -y "$2" >&2; }
+}
+
+# apt_install LOG PACKAGE...: Debian packages without their recommends, apt's output in LOG (its
+# tail shown on failure); the package lists are updated first if they lack them (a fresh machine).
+apt_install() {
+  local apt_log=$1
+  shift
+  [[ $(id -u) == 0 ]] || die "$* missing; installing it needs root (apt-get)"
+  mkdir -p "$(dirname "$apt_log")"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" ||
+      { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; }; } \
+      >"$apt_log" 2>&1; then
+    tail -n 20 "$apt_log" >&2
+    die "apt-get could not install $* (log: $apt_log)"
+  fi
 }
 
 # Is the process there and not a zombie? (An exited child of this shell stays a zombie.)

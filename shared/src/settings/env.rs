@@ -4,8 +4,9 @@
 //! (or all-whitespace) value counts as unset, as CloudFormation passes an unused parameter as `""`.
 //! Secrets ([`Env::secret`]) are the one exception to the trimming, never to the empty rule.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
+use std::sync::Mutex;
 
 /// A variable whose value cannot be used: names the variable and what it expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,12 +35,17 @@ impl SettingsError {
 /// Where variables come from: the process environment, or a fixed map (tests).
 pub struct Env {
     vars: Option<HashMap<String, String>>,
+    /// Every name looked up, when made by [`Env::recording`].
+    read: Option<Mutex<BTreeSet<String>>>,
 }
 
 impl Env {
     /// The process environment.
     pub fn process() -> Self {
-        Env { vars: None }
+        Env {
+            vars: None,
+            read: None,
+        }
     }
 
     /// A fixed set of variables; everything else is unset.
@@ -53,10 +59,31 @@ impl Env {
                     .map(|(k, v)| (k.into(), v.into()))
                     .collect(),
             ),
+            read: None,
         }
     }
 
+    /// The same variables, remembering every name looked up: what [`Env::names_read`] answers
+    /// (the template's test checks that it declares each).
+    pub fn recording(self) -> Self {
+        Env {
+            read: Some(Mutex::new(BTreeSet::new())),
+            ..self
+        }
+    }
+
+    /// Every name looked up so far; empty unless made by [`Env::recording`].
+    pub fn names_read(&self) -> BTreeSet<String> {
+        self.read
+            .as_ref()
+            .map(|read| read.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
     fn lookup(&self, name: &str) -> Result<Option<String>, SettingsError> {
+        if let Some(read) = &self.read {
+            read.lock().unwrap().insert(name.to_owned());
+        }
         match &self.vars {
             Some(vars) => Ok(vars.get(name).cloned()),
             None => match std::env::var(name) {
