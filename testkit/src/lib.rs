@@ -2,7 +2,8 @@
 //! as a child process ([`server`]), development tokens ([`tokens`]), an HTTP client acting as users
 //! ([`api`]), before/after snapshots of stored data ([`snapshot`]), bounded and deterministic waits
 //! ([`wait`]), a Lambda Runtime API ([`runtime_api`]), the store conformance suite
-//! ([`conformance`]) and the local services ([`services`]). Traffic goes to 127.0.0.1 only.
+//! ([`conformance`]), the local services ([`services`]) and the local stand-in for Lambda's SQS
+//! trigger ([`trigger`]). Traffic goes to 127.0.0.1 only.
 
 pub mod api;
 pub mod conformance;
@@ -12,6 +13,7 @@ pub mod server;
 pub mod services;
 pub mod snapshot;
 pub mod tokens;
+pub mod trigger;
 pub mod wait;
 
 use std::sync::Arc;
