@@ -82,21 +82,27 @@ async fn aggregated(api: &Api, user: &str, id: &str) -> bool {
     })
 }
 
-#[tokio::test]
-#[ignore = "needs the local Lambda stack: scripts/local-lambda.sh check"]
-async fn a_post_reaches_the_followers_flat_and_aggregated_feeds() {
-    let stack = stack();
-    let api = api(&stack);
+/// A reader follows an author, who posts: answers (author, reader, the post's id) once the post is
+/// in the reader's flat feed.
+async fn delivered_post(api: &Api) -> (String, String, String) {
     let (author, reader) = (unique("author"), unique("reader"));
     let followed = api.follow(&reader, &author).await;
     assert_eq!(followed.status, StatusCode::CREATED, "{}", followed.body);
-    let id = post(&api, &author).await;
+    let id = post(api, &author).await;
     eventually(
         "the post is in the follower's flat feed",
         FANOUT,
-        || async { newest(&api, &reader).await.as_deref() == Some(id.as_str()) },
+        || async { newest(api, &reader).await.as_deref() == Some(id.as_str()) },
     )
     .await;
+    (author, reader, id)
+}
+
+#[tokio::test]
+#[ignore = "needs the local Lambda stack: scripts/local-lambda.sh check"]
+async fn a_post_reaches_the_followers_flat_and_aggregated_feeds() {
+    let api = api(&stack());
+    let (_, reader, id) = delivered_post(&api).await;
     eventually(
         "the post is in the follower's aggregated feed",
         FANOUT,
@@ -192,7 +198,11 @@ async fn a_poison_message_is_dead_lettered_after_max_receive_count_while_its_bat
     let first = &batches[0];
     assert_eq!(first.messages.len(), 5, "one batch: {first:?}");
     assert!(first.answered, "{first:?}");
-    assert_eq!(first.failed, [poison.clone()], "the poison alone reported");
+    assert_eq!(
+        first.failed,
+        std::slice::from_ref(&poison),
+        "the poison alone reported"
+    );
     assert_eq!(first.deleted, 4, "its batch-mates deleted");
     let receives: Vec<u32> = batches
         .iter()
@@ -221,18 +231,7 @@ async fn a_poison_message_is_dead_lettered_after_max_receive_count_while_its_bat
 async fn the_same_message_delivered_twice_changes_nothing() {
     let stack = stack();
     let api = api(&stack);
-    let (author, reader) = (unique("author"), unique("reader"));
-    assert_eq!(
-        api.follow(&reader, &author).await.status,
-        StatusCode::CREATED
-    );
-    let id = post(&api, &author).await;
-    eventually(
-        "the post is in the follower's flat feed",
-        FANOUT,
-        || async { newest(&api, &reader).await.as_deref() == Some(id.as_str()) },
-    )
-    .await;
+    let (author, reader, id) = delivered_post(&api).await;
     let users = [author.as_str(), reader.as_str()];
     let before: Vec<Value> = snapshot(&api, &stack.queue, &users).await;
     let job = FanoutJob::Deliver {
