@@ -6,7 +6,7 @@
 //! function behind `cargo lambda watch` is exercised by local_lambda.rs. Needs ElasticMQ.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -45,15 +45,13 @@ enum FirstTime {
 #[derive(Clone)]
 struct Function {
     first_time: FirstTime,
-    events: Arc<Mutex<Vec<(Instant, Value)>>>,
+    /// Each event, with when it arrived (milliseconds since the epoch, as SQS stamps messages).
+    events: Arc<Mutex<Vec<(u64, Value)>>>,
 }
 
 async fn invoked(State(f): State<Function>, body: String) -> Response {
     let event: Value = serde_json::from_str(&body).expect("an SQS event");
-    f.events
-        .lock()
-        .unwrap()
-        .push((Instant::now(), event.clone()));
+    f.events.lock().unwrap().push((epoch_ms(), event.clone()));
     let records = event["Records"].as_array().unwrap().clone();
     let first_time = records
         .iter()
@@ -107,8 +105,8 @@ impl Function {
         (f, url)
     }
 
-    /// `(when, receive count)` of each delivery of the message whose body is `body`.
-    fn deliveries(&self, body: &str) -> Vec<(Instant, String)> {
+    /// Each delivery of the message whose body is `body`, in order.
+    fn deliveries(&self, body: &str) -> Vec<Delivery> {
         let events = self.events.lock().unwrap();
         events
             .iter()
@@ -119,8 +117,14 @@ impl Function {
                     .iter()
                     .filter(|r| r["body"] == body)
                     .map(|r| {
-                        let count = r["attributes"]["ApproximateReceiveCount"].as_str();
-                        (*at, count.unwrap().to_owned())
+                        let attribute = |name: &str| r["attributes"][name].as_str().unwrap();
+                        Delivery {
+                            at_ms: *at,
+                            receive_count: attribute("ApproximateReceiveCount").to_owned(),
+                            first_received_ms: attribute("ApproximateFirstReceiveTimestamp")
+                                .parse()
+                                .unwrap(),
+                        }
                     })
                     .collect::<Vec<_>>()
             })
@@ -135,6 +139,22 @@ impl Function {
             .map(|(_, e)| e.clone())
             .collect()
     }
+}
+
+/// A message as the function received it.
+struct Delivery {
+    /// When it arrived, in milliseconds since the epoch.
+    at_ms: u64,
+    receive_count: String,
+    /// When SQS first handed it out, in milliseconds since the epoch.
+    first_received_ms: u64,
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A test queue (visibility timeout 1 s) holding `bodies`, and a trigger on it invoking `function`
@@ -182,16 +202,21 @@ async fn a_batch_that_fails_as_a_whole_comes_back_after_the_visibility_timeout()
         );
         for body in bodies {
             let deliveries = function.deliveries(body);
-            let counts: Vec<&str> = deliveries.iter().map(|(_, c)| c.as_str()).collect();
+            let counts: Vec<&str> = deliveries
+                .iter()
+                .map(|d| d.receive_count.as_str())
+                .collect();
             assert_eq!(
                 counts,
                 ["1", "2"],
                 "{first_time:?}: {body} delivered again, once"
             );
-            let gap = deliveries[1].0 - deliveries[0].0;
+            // Visible again a visibility timeout after it was received (ElasticMQ stamps
+            // milliseconds; a few of slack for the rounding).
+            let after_ms = deliveries[1].at_ms - deliveries[1].first_received_ms;
             assert!(
-                gap >= Duration::from_millis(900),
-                "{first_time:?}: redelivered after {gap:?}, before the visibility timeout"
+                after_ms >= 990,
+                "{first_time:?}: redelivered {after_ms} ms after its first receive"
             );
         }
         assert_eq!(queue.dead_letters().await, 0, "{first_time:?}");
@@ -216,7 +241,7 @@ async fn only_the_messages_reported_failed_come_back() {
     let counts: Vec<String> = function
         .deliveries("bad")
         .into_iter()
-        .map(|(_, c)| c)
+        .map(|d| d.receive_count)
         .collect();
     assert_eq!(counts, ["1", "2"]);
 }
