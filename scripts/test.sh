@@ -3,7 +3,8 @@
 # password authentication) and ElasticMQ, stopping afterwards only what it started; installs the
 # Python tools (moto's server, which the realtime tests start, among them); checks
 # formatting; runs every test against the real services; builds the functions' binaries and starts
-# each as Lambda does on its sample event; runs the benchmark at its tiny size, Schemathesis
+# each as Lambda does on its sample event; brings the local Lambda stack up (cargo lambda watch and
+# the local SQS trigger) for a round trip through it; runs the benchmark at its tiny size, Schemathesis
 # against the OpenAPI document and the fuzz targets for a bounded time; then validates and builds
 # the SAM template, and runs the same binaries under `sam local invoke` and `sam local start-api`
 # in Docker (scripts/sam-local.sh check: installs and starts the engine when none runs).
@@ -69,6 +70,9 @@ stage "starting each function binary as Lambda does" \
   env FEEDS_FUNCTIONS_DIR="$binaries" \
   cargo test --locked -p feeds-bench --test shipped_binaries -- --ignored --nocapture --test-threads=1 \
   --skip sam_local
+# The functions built just above under `cargo lambda watch`, and the feeds-server the test build made.
+stage "the local Lambda stack: cargo lambda watch, local-trigger, the round trip (scripts/local-lambda.sh check)" \
+  env FEEDS_SERVER_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/feeds-server" bash scripts/local-lambda.sh check
 
 stage "benchmark smoke check (tiny size, debug binaries: the numbers mean nothing)" \
   env FEEDS_BENCH_PROFILE=dev bash scripts/bench.sh --tiny

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use feeds::config::{self, Backends, Defaults, Settings};
+use feeds::config::{self, Backends, Defaults};
 use feeds::http::{router, Routes};
 use feeds::settings::Env;
 use feeds::store::cassandra::{self, CassandraConfig};
@@ -12,6 +12,7 @@ use feeds::BoxError;
 use tokio::sync::watch;
 
 mod admin;
+mod local_trigger;
 mod realtime;
 
 #[derive(Parser)]
@@ -59,6 +60,9 @@ enum Command {
     /// The operator's tools, on the store and queue the settings name (as `serve` reads them).
     #[command(subcommand)]
     Admin(admin::Admin),
+    /// Stand in for Lambda's SQS trigger: poll the fan-out queue (FEEDS_QUEUE_URL) and invoke the
+    /// fan-out function through a local Lambda Invoke API, as template.yaml maps them.
+    LocalTrigger(local_trigger::Args),
 }
 
 #[tokio::main]
@@ -77,6 +81,7 @@ async fn main() -> ExitCode {
             audience,
         } => mint(&sub, admin, hours, expires, key, issuer, audience),
         Command::Admin(command) => admin::run(command).await,
+        Command::LocalTrigger(args) => local_trigger::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +118,7 @@ async fn serve(bind: Option<String>) -> Result<(), BoxError> {
     tracing::info!(address = %listener.local_addr()?, "feeds server listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown_signal(&settings).await;
+            shutdown_signal(settings.exit_on_stdin_eof).await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         })
@@ -124,9 +129,9 @@ async fn serve(bind: Option<String>) -> Result<(), BoxError> {
 
 /// Ctrl-C, SIGTERM, or (with `FEEDS_EXIT_ON_STDIN_EOF=1`, for supervisors and tests) the end of
 /// standard input, so the server never outlives the process that started it.
-async fn shutdown_signal(settings: &Settings) {
+async fn shutdown_signal(exit_on_stdin_eof: bool) {
     let stdin_closed = async {
-        if settings.exit_on_stdin_eof {
+        if exit_on_stdin_eof {
             // A plain thread: a blocking task would hold up the runtime's shutdown.
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             std::thread::spawn(move || {

@@ -3,7 +3,8 @@
 //! ([`api`]), before/after snapshots of stored data ([`snapshot`]), bounded and deterministic waits
 //! ([`wait`]), a Lambda Runtime API ([`runtime_api`]), the store conformance suite
 //! ([`conformance`]), the local services ([`services`]), moto as API Gateway's Management API
-//! ([`moto`]) and the text of realtime messages ([`realtime`]). Traffic goes to 127.0.0.1 only.
+//! ([`moto`]), the text of realtime messages ([`realtime`]) and the local stand-in for Lambda's SQS
+//! trigger ([`trigger`]). Traffic goes to 127.0.0.1 only.
 
 pub mod api;
 pub mod conformance;
@@ -15,6 +16,7 @@ pub mod server;
 pub mod services;
 pub mod snapshot;
 pub mod tokens;
+pub mod trigger;
 pub mod wait;
 
 use std::sync::Arc;

@@ -36,14 +36,57 @@ fn healthy(addr: SocketAddr) -> bool {
         && &status == b"HTTP/1.1 200"
 }
 
-/// A server process; it stops when dropped (its standard input closes, then it is killed if it
-/// has not exited within 10 s).
+/// A child process started with `FEEDS_EXIT_ON_STDIN_EOF=1` and its standard input piped: when
+/// dropped, its standard input closes, then it is killed if it has not exited within 10 s.
+pub struct Stoppable {
+    stdin: Option<ChildStdin>,
+    child: Child,
+}
+
+impl Stoppable {
+    /// Spawns `cmd`, piping its standard input.
+    pub fn spawn(mut cmd: Command) -> std::io::Result<Stoppable> {
+        let mut child = cmd
+            .env("FEEDS_EXIT_ON_STDIN_EOF", "1")
+            .stdin(Stdio::piped())
+            .spawn()?;
+        Ok(Stoppable {
+            stdin: child.stdin.take(),
+            child,
+        })
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Stoppable {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server process; it stops when dropped ([`Stoppable`]).
 pub struct Server {
     pub base: String,
     pub log: PathBuf,
     queue: Option<FanoutQueue>,
-    stdin: Option<ChildStdin>,
-    child: Child,
+    process: Stoppable,
 }
 
 impl Server {
@@ -63,25 +106,20 @@ impl Server {
             .env("RUST_LOG", "warn")
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .env("FEEDS_BIND", format!("127.0.0.1:{port}"))
-            .env("FEEDS_EXIT_ON_STDIN_EOF", "1")
-            .stdin(Stdio::piped())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let stdin = child.stdin.take();
+        let process =
+            Stoppable::spawn(cmd).map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let mut server = Server {
             base: format!("http://127.0.0.1:{port}"),
             log: log.to_owned(),
             queue: None,
-            stdin,
-            child,
+            process,
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + START_LIMIT;
         while !healthy(addr) {
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Some(status) = server.process.exited() {
                 return Err(format!(
                     "{} exited with {status}:\n{}",
                     bin.display(),
@@ -153,7 +191,7 @@ impl Server {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Stops the server now (as dropping it does).
@@ -183,19 +221,4 @@ pub fn cassandra_sqs_envs(keyspace: &str, queue_url: &str) -> Vec<(&'static str,
             var("AWS_SECRET_ACCESS_KEY", "local"),
         ),
     ]
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
