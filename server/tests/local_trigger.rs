@@ -341,6 +341,17 @@ fn template() -> Yaml {
     YamlLoader::load_from_str(&text).unwrap().remove(0)
 }
 
+/// A number of the template: a literal, or a `!Ref` (read as the parameter's name) to a parameter's
+/// `Default`.
+fn template_number(template: &Yaml, value: &Yaml) -> i64 {
+    match value {
+        Yaml::String(parameter) => template["Parameters"][parameter.as_str()]["Default"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("parameter {parameter} has no numeric Default")),
+        literal => literal.as_i64().unwrap_or_else(|| panic!("{literal:?}")),
+    }
+}
+
 #[tokio::test]
 async fn batches_hold_at_most_the_templates_batch_size() {
     let template = template();
@@ -368,7 +379,7 @@ async fn the_queue_takes_the_templates_visibility_timeout_and_redrive_policy() {
     let template = template();
     let queue = &template["Resources"]["FanoutQueue"]["Properties"];
     let visibility = queue["VisibilityTimeout"].as_i64().unwrap();
-    let max_receive_count = queue["RedrivePolicy"]["maxReceiveCount"].as_i64().unwrap();
+    let max_receive_count = template_number(&template, &queue["RedrivePolicy"]["maxReceiveCount"]);
 
     // A queue that does not exist yet: the trigger creates it and its dead-letter queue.
     let name = unique("trigger_setup");
@@ -429,7 +440,7 @@ fn elasticmq_conf_agrees_with_the_template() {
     );
     assert_eq!(
         setting("maxReceiveCount"),
-        queue["RedrivePolicy"]["maxReceiveCount"].as_i64().unwrap()
+        template_number(&template, &queue["RedrivePolicy"]["maxReceiveCount"])
     );
     assert!(
         conf.contains("name = \"fanout-dlq\""),

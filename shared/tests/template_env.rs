@@ -13,11 +13,23 @@ use feeds::config::{Defaults, LogSettings, Settings};
 use feeds::settings::Env;
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// Set by Lambda itself (reserved: a template cannot declare them).
-const SET_BY_LAMBDA: [&str; 2] = ["AWS_LAMBDA_FUNCTION_NAME", "AWS_REGION"];
+/// Set by Lambda itself (reserved: a template cannot declare them); the log format and level from
+/// each function's `LoggingConfig`.
+const SET_BY_LAMBDA: [&str; 4] = [
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_REGION",
+    "AWS_LAMBDA_LOG_FORMAT",
+    "AWS_LAMBDA_LOG_LEVEL",
+];
 
-/// Read by the shared settings for the standalone server: no Lambda function uses them.
-const SERVER_ONLY: [&str; 3] = ["FEEDS_BIND", "FEEDS_EXIT_ON_STDIN_EOF", "FEEDS_SQLITE_PATH"];
+/// Read by the shared settings for the standalone server and its admin commands (the dead-letter
+/// queue of `admin redrive-dlq`): no Lambda function uses them.
+const SERVER_ONLY: [&str; 4] = [
+    "FEEDS_BIND",
+    "FEEDS_EXIT_ON_STDIN_EOF",
+    "FEEDS_SQLITE_PATH",
+    "FEEDS_DLQ_URL",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -72,7 +72,10 @@ pub fn parse(text: &str) -> Result<EventSource, String> {
             found.len()
         ));
     };
+    let params = &doc["Parameters"];
+    let number = |value: &Yaml, default: u32| number(params, value, default);
     let timeout = seconds(
+        params,
         &function["Properties"]["Timeout"],
         &doc["Globals"]["Function"]["Timeout"],
         3,
@@ -129,25 +132,36 @@ pub fn parse(text: &str) -> Result<EventSource, String> {
     })
 }
 
-/// A literal whole number, or `default` when absent; a `!Ref` to a parameter reads as text and is
-/// refused, since the trigger does not resolve parameters.
-fn number(value: &Yaml, default: u32) -> Result<u32, String> {
+/// A literal whole number, or `default` when absent. A `!Ref` reads as the parameter's name (the
+/// YAML reader drops the tag): it takes that parameter's `Default`, what a deployment without
+/// overrides gets; a parameter without one is refused.
+fn number(params: &Yaml, value: &Yaml, default: u32) -> Result<u32, String> {
     match value {
         Yaml::BadValue => Ok(default),
         Yaml::Integer(n) => u32::try_from(*n).map_err(|_| format!("{n} is out of range")),
         // JSON-style templates quote numbers (`"5"`), as RedrivePolicy examples often do.
-        Yaml::String(s) => s
-            .parse()
-            .map_err(|_| format!("expected a literal number, got {s:?}")),
+        Yaml::String(s) => match s.parse() {
+            Ok(n) => Ok(n),
+            Err(_) => match &params[s.as_str()]["Default"] {
+                Yaml::BadValue => Err(format!(
+                    "expected a literal number or a parameter with a Default, got {s:?}"
+                )),
+                literal @ (Yaml::Integer(_) | Yaml::String(_)) => {
+                    number(&Yaml::BadValue, literal, default)
+                        .map_err(|e| format!("parameter {s}'s Default: {e}"))
+                }
+                other => Err(format!("parameter {s}'s Default: not a number: {other:?}")),
+            },
+        },
         other => Err(format!("expected a literal number, got {other:?}")),
     }
 }
 
 /// `own`, else `global`, else `default`.
-fn seconds(own: &Yaml, global: &Yaml, default: u32) -> Result<u32, String> {
+fn seconds(params: &Yaml, own: &Yaml, global: &Yaml, default: u32) -> Result<u32, String> {
     match own {
-        Yaml::BadValue => number(global, default),
-        _ => number(own, default),
+        Yaml::BadValue => number(params, global, default),
+        _ => number(params, own, default),
     }
 }
 
@@ -222,6 +236,12 @@ Resources:
     fn values_the_trigger_cannot_resolve_are_refused() {
         let parameter = MINIMAL.replace("Timeout: 12", "Timeout: !Ref FunctionTimeout");
         assert!(parse(&parameter).unwrap_err().contains("Timeout"));
+        let defaulted = format!(
+            "Parameters:\n  FunctionTimeout:\n    Type: Number\n    Default: 40\n{parameter}"
+        );
+        assert_eq!(parse(&defaulted).unwrap().timeout, Duration::from_secs(40));
+        let no_default = defaulted.replace("    Default: 40\n", "");
+        assert!(parse(&no_default).unwrap_err().contains("FunctionTimeout"));
         let big = MINIMAL.replace(
             "            Queue:",
             "            BatchSize: 100\n            Queue:",
