@@ -72,6 +72,12 @@ impl FanoutSettings {
 /// Items an erasure message handles at most.
 const ERASE_CHUNK: usize = 100;
 
+/// How long an adoption waits for its author's mark. The post that adopts enqueues the job just
+/// before it writes the mark, so a fan-out that is quick to receive it may look first; failing then
+/// would hold the first pushes to the author's followers for a whole visibility timeout.
+const MARK_WAIT: Duration = Duration::from_secs(2);
+const MARK_POLL: Duration = Duration::from_millis(50);
+
 /// What one message did, for its log line and its metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Chunk {
@@ -478,7 +484,7 @@ impl Fanout {
             FanoutJob::Adopt { author, after } => {
                 // Its followers are walked only once the mark is visible: a follow after this
                 // walk read its page then sees the mark in its own backfill.
-                if !self.store.is_pulled_author(author).await? {
+                if !self.mark_visible(author).await? {
                     return Err(FanoutError::Store(StoreError::Unavailable(format!(
                         "{author} is not marked as a pulled author yet"
                     ))));
@@ -802,6 +808,20 @@ impl Fanout {
         let jobs = FanoutJob::edge_changed(follower, followee, false);
         self.queue.send(&jobs).await?;
         Ok(())
+    }
+
+    /// Whether `author` is marked as a pulled author, waiting up to [`MARK_WAIT`] for the mark.
+    async fn mark_visible(&self, author: &str) -> Result<bool, StoreError> {
+        let deadline = tokio::time::Instant::now() + MARK_WAIT;
+        loop {
+            if self.store.is_pulled_author(author).await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(MARK_POLL).await;
+        }
     }
 
     /// After a delivery wrote to `owners`, the followers of `followee` it read after `after`:

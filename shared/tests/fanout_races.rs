@@ -915,3 +915,37 @@ async fn an_update_that_read_an_older_version_leaves_the_newest_everywhere() {
     assert_eq!(own[0].extra.as_ref().unwrap()["v"], 3);
     s.assert_groups_agree("fan").await;
 }
+
+/// The post that makes an author pulled enqueues the adoption just before it writes the mark: an
+/// adoption that runs first waits for the mark instead of failing into a visibility timeout, and
+/// one whose mark never comes (the post died in between) fails, so that its message is retried.
+#[tokio::test]
+async fn an_adoption_that_runs_before_its_mark_waits_for_it() {
+    let s = setup().await;
+    s.follow("fan", "star").await;
+    let adopt = FanoutJob::Adopt {
+        author: "star".into(),
+        after: None,
+    };
+    let fanout = s.fanout.clone();
+    let job = adopt.clone();
+    let task = tokio::spawn(async move { fanout.run(&job).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "the adoption waits for the mark");
+    s.store.mark_pulled_author("star").await.unwrap();
+    task.await
+        .unwrap()
+        .expect("the adoption, once the mark is there");
+    let followees = s.store.pulled_followees("fan").await.unwrap();
+    let authors: Vec<&str> = followees.iter().map(|f| f.followee.as_str()).collect();
+    assert_eq!(authors, ["star"]);
+
+    s.follow("fan", "comet").await;
+    let never = FanoutJob::Adopt {
+        author: "comet".into(),
+        after: None,
+    };
+    let err = s.fanout.run(&never).await.unwrap_err();
+    assert!(err.to_string().contains("not marked"), "{err}");
+    assert_eq!(s.store.pulled_followees("fan").await.unwrap().len(), 1);
+}

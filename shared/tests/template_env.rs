@@ -225,3 +225,40 @@ fn the_sam_local_files_follow_the_template() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The alarm on failed invocations counts every function: for each, a metric of its `Errors` and
+/// one of its `Invocations`, both summed in the alarm's expression.
+#[test]
+fn the_error_rate_alarm_counts_every_function() {
+    let template = template();
+    let alarm = &template["Resources"]["FunctionErrorRateAlarm"]["Properties"]["Metrics"];
+    let metrics = alarm.as_vec().expect("FunctionErrorRateAlarm's Metrics");
+    let expression = metrics
+        .iter()
+        .find_map(|m| m["Expression"].as_str())
+        .expect("an Expression");
+    // (function, metric name) -> the metric's id
+    let mut ids = BTreeMap::new();
+    for m in metrics {
+        let stat = &m["MetricStat"]["Metric"];
+        if let (Some(id), Some(name), Some(function)) = (
+            m["Id"].as_str(),
+            stat["MetricName"].as_str(),
+            // `!Ref X` reads as X.
+            stat["Dimensions"][0]["Value"].as_str(),
+        ) {
+            ids.insert((function.to_owned(), name.to_owned()), id.to_owned());
+        }
+    }
+    for function in declared(&template).keys() {
+        for name in ["Errors", "Invocations"] {
+            let id = ids
+                .get(&(function.clone(), name.to_owned()))
+                .unwrap_or_else(|| panic!("the alarm has no {name} of {function}: {ids:?}"));
+            assert!(
+                expression.contains(&format!("FILL({id}, 0)")),
+                "the alarm's expression leaves out {id} ({name} of {function}): {expression}"
+            );
+        }
+    }
+}
