@@ -54,7 +54,7 @@ pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), Sto
     for (table, cql) in statements {
         let columns = declared_columns(&cql);
         let cql = match amazon_keyspaces {
-            true => with_keyspaces_ttl(cql),
+            true => keyspaces_create(cql),
             false => cql,
         };
         run_ddl(session, cql).await?;
@@ -91,14 +91,22 @@ pub async fn migrate(session: &Session, cfg: &CassandraConfig) -> Result<(), Sto
     Ok(())
 }
 
-/// A table with a default TTL, created on Amazon Keyspaces: with TTL enabled, which Keyspaces
-/// wants before it expires rows (Cassandra always does, and knows no such property).
-fn with_keyspaces_ttl(create: String) -> String {
-    if create.to_ascii_lowercase().contains("default_time_to_live") {
-        format!("{create} AND custom_properties = {{'ttl': {{'status': 'enabled'}}}}")
-    } else {
-        create
+/// A table created on Amazon Keyspaces: with point-in-time recovery (a restore to any second of the
+/// last 35 days), as `template.yaml` creates them, and with TTL enabled where it has a default TTL,
+/// which Keyspaces wants before it expires rows. Cassandra knows no such properties.
+fn keyspaces_create(create: String) -> String {
+    let lower = create.to_ascii_lowercase();
+    let mut properties = vec!["'point_in_time_recovery': {'status': 'enabled'}"];
+    if lower.contains("default_time_to_live") {
+        properties.push("'ttl': {'status': 'enabled'}");
     }
+    // `WITH` is a reserved word: it cannot name a column or a type, only start the options.
+    let has_options = lower.split_whitespace().any(|word| word == "with");
+    let joiner = if has_options { "AND" } else { "WITH" };
+    format!(
+        "{create} {joiner} custom_properties = {{{}}}",
+        properties.join(", ")
+    )
 }
 
 /// The `(name, type)` of each column a `CREATE TABLE` statement declares.
@@ -318,24 +326,42 @@ mod tests {
     }
 
     #[test]
-    fn keyspaces_creates_the_tables_with_a_default_ttl_with_ttl_enabled() {
+    fn keyspaces_creates_every_table_with_point_in_time_recovery_and_ttl_where_it_expires_rows() {
         let statements = schema_statements(SCHEMA, "ks").unwrap();
+        for (table, cql) in &statements {
+            let created = keyspaces_create(cql.clone());
+            assert!(
+                created.contains("'point_in_time_recovery': {'status': 'enabled'}"),
+                "{created}"
+            );
+            assert_eq!(
+                created.matches(" custom_properties = ").count(),
+                1,
+                "{table}: {created}"
+            );
+        }
         let with_ttl: Vec<&str> = statements
             .iter()
-            .filter(|(_, cql)| with_keyspaces_ttl(cql.clone()) != *cql)
+            .filter(|(_, cql)| keyspaces_create(cql.clone()).contains("'ttl'"))
             .map(|(t, _)| t.as_str())
             .collect();
         assert_eq!(
             with_ttl,
             ["connections", "connection_users", "pulled_connections"]
         );
-        let (_, cql) = statements.iter().find(|(t, _)| t == "connections").unwrap();
-        assert!(
-            with_keyspaces_ttl(cql.clone()).ends_with(
-                "WITH default_time_to_live = 7200 AND custom_properties = {'ttl': {'status': 'enabled'}}"
-            ),
-            "{cql}"
-        );
+        let created = |table: &str| {
+            let (_, cql) = statements.iter().find(|(t, _)| t == table).unwrap();
+            keyspaces_create(cql.clone())
+        };
+        assert!(created("connections").ends_with(
+            "WITH default_time_to_live = 7200 AND custom_properties = {'point_in_time_recovery': {'status': 'enabled'}, 'ttl': {'status': 'enabled'}}"
+        ));
+        assert!(created("timeline").ends_with(
+            "WITH CLUSTERING ORDER BY (id DESC) AND custom_properties = {'point_in_time_recovery': {'status': 'enabled'}}"
+        ));
+        assert!(created("pulled_authors").ends_with(
+            ") WITH custom_properties = {'point_in_time_recovery': {'status': 'enabled'}}"
+        ));
     }
 
     #[test]
