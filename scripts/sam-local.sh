@@ -7,9 +7,11 @@
 #                                 functions' x86_64 binaries, and a local template and env.json in
 #                                 .local/sam-local/; then prints the sam commands to run
 #   scripts/sam-local.sh down     stops what `up` started, nothing else
-#   scripts/sam-local.sh check    up, then `sam local invoke` of every function on its sample event and a
-#                                 `sam local start-api` round trip over HTTP (the sam_local test in
-#                                 bench/tests/shipped_binaries.rs), then stops what this run started
+#   scripts/sam-local.sh check    up, then `sam local invoke` of every function on its sample event, a
+#                                 `sam local start-api` round trip over HTTP, and `feeds-server
+#                                 local-trigger` in front of `sam local start-lambda` (the sam_local
+#                                 test in bench/tests/shipped_binaries.rs), then stops what this run
+#                                 started
 #   scripts/sam-local.sh fanout [ENV_FILE]   hands the messages waiting in the fan-out queue to
 #                                 the fanout function (`sam local invoke`), as Lambda's SQS trigger
 #                                 does, until the queue is empty; the queue is FEEDS_QUEUE_URL of
@@ -20,6 +22,7 @@
 # The local template is template.yaml with this machine's architecture and each CodeUri pointing at
 # a directory holding the function's binary as `bootstrap`: generated on every run, never edited.
 #   FEEDS_FUNCTIONS_DIR       the functions' binaries (default: `cargo build` them, dev profile)
+#   FEEDS_SERVER_BIN          check: the feeds-server binary (default: `cargo build` it, dev profile)
 #   FEEDS_SAM_LOCAL_ADDRESS   where containers reach the services (default: the bridge's gateway)
 # State lives under $FEEDS_STATE_DIR (default <repo>/.local).
 set -euo pipefail
@@ -274,7 +277,17 @@ check() {
   local t=$SECONDS
   log "sam local invoke and start-api: cargo test -p feeds-bench --test shipped_binaries sam_local"
   # The test's own keyspace and queue, on the services above; sam from the venv.
-  (cd "$ROOT" && env PATH="$STATE/venv/bin:$PATH" FEEDS_SAM_LOCAL_DIR="$DIR" \
+  # The local SQS trigger the test runs in front of `sam local start-lambda`.
+  local server_bin=${FEEDS_SERVER_BIN:-}
+  if [[ -z $server_bin ]]; then
+    local target=${CARGO_TARGET_DIR:-$ROOT/target}
+    [[ $target == /* ]] || target=$ROOT/$target
+    server_bin=$target/debug/feeds-server
+    log "building feeds-server (cargo build, dev profile), for its local-trigger"
+    (cd "$ROOT" && cargo build --locked -p feeds-server)
+  fi
+  [[ -x $server_bin ]] || die "no feeds-server binary at $server_bin (FEEDS_SERVER_BIN)"
+  (cd "$ROOT" && env PATH="$STATE/venv/bin:$PATH" FEEDS_SAM_LOCAL_DIR="$DIR" FEEDS_SERVER_BIN="$server_bin" \
     FEEDS_CASSANDRA_NODES="$GATEWAY:9042" FEEDS_SQS_ENDPOINT="http://$GATEWAY:9324" \
     AWS_REGION="${AWS_REGION:-us-east-1}" AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-local}" \
     AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}" \

@@ -88,7 +88,7 @@ if [[ ${FEEDS_SKIP_SAM:-0} != 1 ]]; then
     env FEEDS_SAM_QUICK=1 bash scripts/sam-check.sh
   if [[ ${FEEDS_SKIP_SAM_LOCAL:-0} != 1 ]]; then
     stage "sam local invoke and start-api in Docker (the binaries above, x86_64)" \
-      env FEEDS_FUNCTIONS_DIR="$binaries" bash scripts/sam-local.sh check
+      env FEEDS_FUNCTIONS_DIR="$binaries" FEEDS_SERVER_BIN="$binaries/feeds-server" bash scripts/sam-local.sh check
   fi
 fi
 log "all passed in $((SECONDS - t_all)) s; by stage:"

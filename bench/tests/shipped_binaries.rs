@@ -23,7 +23,9 @@ use feeds_testkit::api::Api;
 use feeds_testkit::runtime_api::{lambda_command, peak_rss_kib, Answer, RuntimeApi, INIT};
 use feeds_testkit::services::{depth, event, fresh_queue, receive, sqs_event, Received, ROOT};
 use feeds_testkit::tokens::token;
+use feeds_testkit::trigger::Trigger;
 use feeds_testkit::unique;
+use feeds_testkit::wait::eventually;
 use reqwest::{Method, StatusCode};
 use scylla::statement::Statement;
 use serde_json::{json, Value};
@@ -690,6 +692,38 @@ async fn sam_local_invoke_and_start_api() {
             flat.body
         );
     }
+
+    // The local stand-in for Lambda's SQS trigger in front of `sam local start-lambda`: a post
+    // reaches both followers with no manual step.
+    let server_bin = Env::process()
+        .get("FEEDS_SERVER_BIN")
+        .unwrap()
+        .expect("FEEDS_SERVER_BIN: scripts/sam-local.sh check names the feeds-server binary");
+    let trigger = Trigger::start(
+        &server_bin,
+        queue.queue_url(),
+        &["--endpoint", &lambda.base, "--function", "FanoutFunction"],
+    );
+    let id3 = post_over_http(&api, &mut latency, &a, 3).await;
+    for user in [&b, &c] {
+        let tu = token(user);
+        eventually(
+            &format!("{user}'s flat feed shows {id3}, through local-trigger"),
+            Duration::from_secs(120),
+            || async { page_ids(&api.get("/feeds/flat", &tu).await.body, false)[0] == id3 },
+        )
+        .await;
+    }
+    let batches = trigger.batches();
+    assert!(!batches.is_empty(), "{}", trigger.log.display());
+    for batch in &batches {
+        assert!(
+            batch.answered && batch.failed.is_empty(),
+            "{batch:?} ({})",
+            trigger.log.display()
+        );
+    }
+    drop(trigger);
     drop(lambda);
 
     drop(server);
