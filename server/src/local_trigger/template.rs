@@ -132,28 +132,31 @@ pub fn parse(text: &str) -> Result<EventSource, String> {
     })
 }
 
-/// A literal whole number, or `default` when absent. A `!Ref` reads as the parameter's name (the
-/// YAML reader drops the tag): it takes that parameter's `Default`, what a deployment without
-/// overrides gets; a parameter without one is refused.
+/// A whole number, or `default` when absent: a literal, or a `!Ref` to a parameter ([`resolve`]).
 fn number(params: &Yaml, value: &Yaml, default: u32) -> Result<u32, String> {
-    match value {
+    match resolve(params, value)? {
         Yaml::BadValue => Ok(default),
         Yaml::Integer(n) => u32::try_from(*n).map_err(|_| format!("{n} is out of range")),
         // JSON-style templates quote numbers (`"5"`), as RedrivePolicy examples often do.
-        Yaml::String(s) => match s.parse() {
-            Ok(n) => Ok(n),
-            Err(_) => match &params[s.as_str()]["Default"] {
-                Yaml::BadValue => Err(format!(
-                    "expected a literal number or a parameter with a Default, got {s:?}"
-                )),
-                literal @ (Yaml::Integer(_) | Yaml::String(_)) => {
-                    number(&Yaml::BadValue, literal, default)
-                        .map_err(|e| format!("parameter {s}'s Default: {e}"))
-                }
-                other => Err(format!("parameter {s}'s Default: not a number: {other:?}")),
-            },
-        },
+        Yaml::String(s) => s
+            .parse()
+            .map_err(|_| format!("expected a literal number, got {s:?}")),
         other => Err(format!("expected a literal number, got {other:?}")),
+    }
+}
+
+/// `value`, or for a `!Ref` (read as the parameter's name: the YAML reader drops the tag) that
+/// parameter's `Default`, what a deployment without overrides gets; a parameter without one is
+/// refused.
+fn resolve<'a>(params: &'a Yaml, value: &'a Yaml) -> Result<&'a Yaml, String> {
+    match value {
+        Yaml::String(s) if s.parse::<u32>().is_err() => match &params[s.as_str()]["Default"] {
+            Yaml::BadValue => Err(format!(
+                "expected a literal number or a parameter with a Default, got {s:?}"
+            )),
+            default => Ok(default),
+        },
+        other => Ok(other),
     }
 }
 
